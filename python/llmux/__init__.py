@@ -1,0 +1,201 @@
+"""LLMux: LiteLLM's API with a Rust engine.
+
+``import llmux as litellm`` keeps a LiteLLM program working: ``completion``, ``acompletion``
+(unary and ``stream=True``), ``embedding``, ``aembedding``, ``stream_chunk_builder``, the same
+response objects and the same exception classes. Every request runs in Rust (one tokio runtime
+and one connection pool per process); sync calls release the GIL while they wait.
+
+Module settings mirror LiteLLM's: ``api_key``, ``api_base``, ``num_retries``,
+``request_timeout``, ``drop_params``. A value given to a call wins over the module setting.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+from . import _llmux
+from ._stream_wrapper import CustomStreamWrapper
+from ._streaming import stream_chunk_builder
+from .exceptions import (
+    LITELLM_EXCEPTION_TYPES,
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    AuthenticationError,
+    BadGatewayError,
+    BadRequestError,
+    BudgetExceededError,
+    ContentPolicyViolationError,
+    ContextWindowExceededError,
+    InternalServerError,
+    JSONSchemaValidationError,
+    MockException,
+    NotFoundError,
+    OpenAIError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    RateLimitError,
+    RejectedRequestError,
+    ServiceUnavailableError,
+    Timeout,
+    UnprocessableEntityError,
+    UnsupportedParamsError,
+)
+from .types import (
+    ChatCompletionDeltaToolCall,
+    ChatCompletionMessageToolCall,
+    Choices,
+    Delta,
+    Embedding,
+    EmbeddingResponse,
+    Function,
+    Message,
+    ModelResponse,
+    ModelResponseStream,
+    StreamingChoices,
+    Usage,
+)
+
+__version__: str = _llmux.__version__
+
+# LiteLLM-style module settings (None = not set).
+api_key: Optional[str] = None
+api_base: Optional[str] = None
+num_retries: Optional[int] = None
+request_timeout: float = float(os.getenv("REQUEST_TIMEOUT", "600"))
+drop_params: bool = bool(os.getenv("LITELLM_DROP_PARAMS", ""))
+suppress_debug_info: bool = False
+set_verbose: bool = False
+
+
+def _apply_settings(kwargs: dict) -> dict:
+    if api_key is not None and "api_key" not in kwargs:
+        kwargs["api_key"] = api_key
+    if api_base is not None and "api_base" not in kwargs and "base_url" not in kwargs:
+        kwargs["api_base"] = api_base
+    if num_retries is not None and "num_retries" not in kwargs:
+        kwargs["num_retries"] = num_retries
+    if "timeout" not in kwargs and "request_timeout" not in kwargs:
+        kwargs["timeout"] = request_timeout
+    return kwargs
+
+
+def _mock_object(model: str, mock: Any, stream: bool) -> Any:
+    """``mock_response`` given as an exception or a dict (strings are handled by the engine)."""
+    if isinstance(mock, BaseException):
+        raise mock
+    if isinstance(mock, dict):
+        if stream:
+            raise BadRequestError("mock_response as a dict is not supported with stream=True", "openai", model)
+        d = dict(mock)
+        d.setdefault("model", model)
+        return ModelResponse(**d)
+    raise BadRequestError(
+        f"mock_response must be a string, a dict or an exception, got {type(mock).__name__}", "openai", model
+    )
+
+
+def completion(model: str, messages: Optional[list] = None, **kwargs: Any) -> Union[ModelResponse, CustomStreamWrapper]:
+    """Chat completion, LiteLLM's ``completion``.
+
+    Takes OpenAI's chat parameters (``temperature``, ``max_tokens``, ``tools``, ``response_format``,
+    ``stream``, ``stream_options``, ...), passed upstream as given, plus LiteLLM's own:
+    ``api_base``/``base_url``, ``api_key``, ``api_version``, ``timeout`` (seconds, for the whole
+    call including retries), ``num_retries``, ``extra_headers``, ``extra_body``, ``drop_params``,
+    ``additional_drop_params``, ``mock_response``, ``metadata``, ``custom_llm_provider``.
+    """
+    if messages is None:
+        messages = kwargs.pop("messages", [])
+    stream = kwargs.pop("stream", False)
+    _apply_settings(kwargs)
+    mock = kwargs.get("mock_response")
+    if mock is not None and not isinstance(mock, str):
+        return _mock_object(model, mock, bool(stream))
+    if stream:
+        return CustomStreamWrapper(_llmux.completion_stream(model, messages, kwargs), model)
+    d, hidden = _llmux.completion(model, messages, kwargs)
+    return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+async def acompletion(
+    model: str, messages: Optional[list] = None, **kwargs: Any
+) -> Union[ModelResponse, CustomStreamWrapper]:
+    """Async chat completion, LiteLLM's ``acompletion``. With ``stream=True``, await it to get
+    the stream, then ``async for`` over the chunks."""
+    if messages is None:
+        messages = kwargs.pop("messages", [])
+    stream = kwargs.pop("stream", False)
+    _apply_settings(kwargs)
+    mock = kwargs.get("mock_response")
+    if mock is not None and not isinstance(mock, str):
+        return _mock_object(model, mock, bool(stream))
+    if stream:
+        native = await _llmux.acompletion_stream(model, messages, kwargs)
+        return CustomStreamWrapper(native, model)
+    d, hidden = await _llmux.acompletion(model, messages, kwargs)
+    return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+def embedding(model: str, input: Any = None, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002
+    """Embeddings, LiteLLM's ``embedding``: ``input`` is a string, a list of strings or of
+    token lists; ``dimensions`` and ``encoding_format`` are passed upstream."""
+    if input is None:
+        input = kwargs.pop("input", [])  # noqa: A001
+    _apply_settings(kwargs)
+    d, hidden = _llmux.embedding(model, input, kwargs)
+    return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+async def aembedding(model: str, input: Any = None, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002
+    """Async form of ``embedding``."""
+    if input is None:
+        input = kwargs.pop("input", [])  # noqa: A001
+    _apply_settings(kwargs)
+    d, hidden = await _llmux.aembedding(model, input, kwargs)
+    return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+__all__ = [
+    "LITELLM_EXCEPTION_TYPES",
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "AuthenticationError",
+    "BadGatewayError",
+    "BadRequestError",
+    "BudgetExceededError",
+    "ChatCompletionDeltaToolCall",
+    "ChatCompletionMessageToolCall",
+    "Choices",
+    "ContentPolicyViolationError",
+    "ContextWindowExceededError",
+    "CustomStreamWrapper",
+    "Delta",
+    "Embedding",
+    "EmbeddingResponse",
+    "Function",
+    "InternalServerError",
+    "JSONSchemaValidationError",
+    "Message",
+    "MockException",
+    "ModelResponse",
+    "ModelResponseStream",
+    "NotFoundError",
+    "OpenAIError",
+    "PaymentRequiredError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RejectedRequestError",
+    "ServiceUnavailableError",
+    "StreamingChoices",
+    "Timeout",
+    "UnprocessableEntityError",
+    "UnsupportedParamsError",
+    "Usage",
+    "acompletion",
+    "aembedding",
+    "completion",
+    "embedding",
+    "stream_chunk_builder",
+]

@@ -1,0 +1,94 @@
+"""``CustomStreamWrapper``: the object ``completion(stream=True)`` returns.
+
+One object is both a sync and an async iterator of ``ModelResponseStream`` chunks, as in
+LiteLLM. Chunks arrive from the engine in batches (one crossing into Rust for every chunk the
+upstream has already sent), and are wrapped one at a time as the caller takes them.
+Closing the wrapper, leaving a ``with`` block, or dropping it closes the upstream connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Optional
+
+from .types import ModelResponseStream
+
+__all__ = ["CustomStreamWrapper"]
+
+
+class CustomStreamWrapper:
+    __slots__ = ("_native", "_buf", "_done", "model", "custom_llm_provider", "_hidden_params", "chunks")
+
+    def __init__(self, native: Any, model: str) -> None:
+        self._native = native
+        self._buf: deque = deque()
+        self._done = False
+        self.model = model
+        self._hidden_params: dict = native.hidden_params
+        self.custom_llm_provider: Optional[str] = self._hidden_params.get("custom_llm_provider")
+        self.chunks: list = []
+
+    def _wrap(self, item: tuple) -> ModelResponseStream:
+        d, usage = item
+        if usage is None:
+            hidden = self._hidden_params
+        else:
+            hidden = dict(self._hidden_params)
+            hidden["usage"] = usage
+        return ModelResponseStream._from_native(d, hidden)
+
+    # sync iteration
+    def __iter__(self) -> CustomStreamWrapper:
+        return self
+
+    def __next__(self) -> ModelResponseStream:
+        buf = self._buf
+        if not buf:
+            if self._done:
+                raise StopIteration
+            batch = self._native.next_batch()
+            if batch is None:
+                self._done = True
+                raise StopIteration
+            buf.extend(batch)
+        return self._wrap(buf.popleft())
+
+    # async iteration
+    def __aiter__(self) -> CustomStreamWrapper:
+        return self
+
+    async def __anext__(self) -> ModelResponseStream:
+        buf = self._buf
+        if not buf:
+            if self._done:
+                raise StopAsyncIteration
+            batch = await self._native.anext_batch()
+            if batch is None:
+                self._done = True
+                raise StopAsyncIteration
+            buf.extend(batch)
+        return self._wrap(buf.popleft())
+
+    def close(self) -> None:
+        """Stop reading and close the upstream connection."""
+        self._done = True
+        self._buf.clear()
+        self._native.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __enter__(self) -> CustomStreamWrapper:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> CustomStreamWrapper:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<CustomStreamWrapper model={self.model!r} provider={self.custom_llm_provider!r}>"

@@ -1,0 +1,30 @@
+//! The Python extension module `llmux._llmux`: the only place PyO3 appears.
+//!
+//! Each function converts its arguments once, calls one core function, and converts the result
+//! back once: a call crosses the FFI boundary one time, not once per field. Responses come back
+//! as plain dicts in OpenAI's wire shape; `python/llmux/types.py` wraps them lazily in
+//! LiteLLM-shaped objects. Errors become the LiteLLM exception classes (see `errors.rs`).
+
+mod completion;
+mod convert;
+mod errors;
+mod runtime;
+mod stream;
+mod testing;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(completion::completion, m)?)?;
+    m.add_function(wrap_pyfunction!(completion::acompletion, m)?)?;
+    m.add_function(wrap_pyfunction!(completion::completion_stream, m)?)?;
+    m.add_function(wrap_pyfunction!(completion::acompletion_stream, m)?)?;
+    m.add_function(wrap_pyfunction!(completion::embedding, m)?)?;
+    m.add_function(wrap_pyfunction!(completion::aembedding, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::error_kinds, m)?)?;
+    m.add_function(wrap_pyfunction!(testing::serve_fake_upstream, m)?)?;
+    m.add_class::<stream::NativeStream>()?;
+    Ok(())
+}

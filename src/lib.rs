@@ -1,0 +1,34 @@
+//! LLMux: an LLM gateway engine with a LiteLLM-compatible face.
+//!
+//! The crate is the whole request pipeline, in Rust: resolve the provider from the model name,
+//! translate the request, send it over one shared connection pool, parse the answer or the SSE
+//! stream, classify errors into one taxonomy, retry what may pass. Two thin doors open onto it:
+//! the Python package (feature `python`, all of PyO3 lives in `bindings`) and HTTP serving
+//! (feature `server`). The core builds and tests with neither.
+//!
+//! Module map:
+//! - [`error`]: `Error` / `ErrorKind`, the one taxonomy.
+//! - [`types`]: OpenAI-shaped wire types (chat, stream chunks, embeddings, usage).
+//! - [`streaming`]: SSE framing (bytes to events) and typed chunk streams.
+//! - [`providers`]: provider resolution, the OpenAI dialect and the OpenAI-compatible vendor table.
+//! - [`http`]: the process-wide HTTP client.
+//! - [`retry`]: backoff arithmetic and retry hints.
+//! - [`pipeline`]: `completion`, `completion_stream`, `embedding`: the request pipeline.
+
+pub mod error;
+pub mod http;
+pub mod pipeline;
+pub mod providers;
+pub mod retry;
+pub mod streaming;
+pub mod types;
+
+#[cfg(feature = "server")]
+pub mod testing;
+
+#[cfg(feature = "python")]
+mod bindings;
+
+pub use error::{Error, ErrorKind, Result};
+pub use pipeline::{completion, completion_stream, embedding, CallOptions};
+pub use streaming::ChatStream;

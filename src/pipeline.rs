@@ -1,0 +1,521 @@
+//! The request pipeline: `completion`, `completion_stream` and `embedding`.
+//!
+//! resolve the route → build the dialect's request → send on the shared pool → parse the
+//! answer or open the stream → classify failures → retry what may pass (full-jitter backoff,
+//! never sooner than the upstream's hint, never past the call's deadline).
+//!
+//! Later stages (hooks, admission, cache, router) wrap these functions; the Python bindings and
+//! the HTTP server call them and hold no logic of their own.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{client, transport_error};
+use crate::providers::openai::{self, PreparedRequest};
+use crate::providers::{resolve, Dialect, Endpoint, Route};
+use crate::retry::{decide, Backoff, Decision};
+use crate::streaming::ChatStream;
+use crate::types::{
+    unix_now, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, EmbeddingRequest,
+    EmbeddingResponse, Message, Usage,
+};
+
+/// LiteLLM's default request timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A canned answer instead of an upstream call (LiteLLM's `mock_response`).
+#[derive(Debug, Clone)]
+pub enum Mock {
+    /// Answer with this text.
+    Text(String),
+    /// Fail with this kind (LiteLLM's magic strings such as `"litellm.RateLimitError"`).
+    Error(ErrorKind, String),
+}
+
+impl Mock {
+    /// Reads a `mock_response` string: LiteLLM's magic error names, else the answer text.
+    pub fn parse(text: &str) -> Mock {
+        let kind = match text {
+            "litellm.RateLimitError" => Some(ErrorKind::RateLimited),
+            "litellm.ContextWindowExceededError" => Some(ErrorKind::ContextWindowExceeded),
+            "litellm.InternalServerError" => Some(ErrorKind::Internal),
+            _ => None,
+        };
+        match kind {
+            Some(k) => Mock::Error(k, format!("mock_response: {text}")),
+            None => Mock::Text(text.to_owned()),
+        }
+    }
+}
+
+/// Per-call options: where to send, how long to wait, how often to retry.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    pub endpoint: Endpoint,
+    /// Deadline for the whole call, retries and backoff included.
+    pub timeout: Duration,
+    pub num_retries: u32,
+    /// Longest silence allowed between two stream chunks (default: `timeout`).
+    pub stream_timeout: Option<Duration>,
+    pub backoff: Backoff,
+    pub extra_headers: Vec<(String, String)>,
+    pub extra_body: Option<Map<String, Value>>,
+    pub mock: Option<Mock>,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            endpoint: Endpoint::default(),
+            timeout: DEFAULT_TIMEOUT,
+            num_retries: 0,
+            stream_timeout: None,
+            backoff: Backoff::default(),
+            extra_headers: Vec::new(),
+            extra_body: None,
+            mock: None,
+        }
+    }
+}
+
+/// What the caller learns about how the call went (LiteLLM's `_hidden_params`).
+#[derive(Debug, Clone)]
+pub struct CallMeta {
+    pub provider: &'static str,
+    pub api_base: String,
+    /// The model name sent upstream.
+    pub upstream_model: String,
+    /// Attempts made (1 = no retry).
+    pub attempts: u32,
+    pub started: Instant,
+}
+
+impl CallMeta {
+    fn new(route: &Route, started: Instant) -> Self {
+        CallMeta {
+            provider: route.provider,
+            api_base: route.api_base.clone(),
+            upstream_model: route.model.clone(),
+            attempts: 1,
+            started,
+        }
+    }
+
+    fn mock(started: Instant) -> Self {
+        CallMeta {
+            provider: "mock",
+            api_base: String::new(),
+            upstream_model: String::new(),
+            attempts: 1,
+            started,
+        }
+    }
+}
+
+/// A finished unary call.
+#[derive(Debug)]
+pub struct Completed<T> {
+    pub response: T,
+    pub meta: CallMeta,
+    pub elapsed: Duration,
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or the deadline passes.
+async fn with_retries<T, F, Fut>(
+    opts: &CallOptions,
+    started: Instant,
+    mut attempt: F,
+) -> Result<(T, u32)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let deadline = started + opts.timeout;
+    let mut retries: u32 = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut err = match tokio::time::timeout(remaining, attempt()).await {
+            Ok(Ok(v)) => return Ok((v, retries + 1)),
+            Ok(Err(e)) => e,
+            Err(_) => Error::new(
+                ErrorKind::Timeout,
+                format!("request timed out after {:.3}s", opts.timeout.as_secs_f64()),
+            ),
+        };
+        let delay = opts
+            .backoff
+            .delay(retries, rand::random::<f64>(), err.retry_after);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match decide(err.retryable(), retries, opts.num_retries, delay, remaining) {
+            Decision::Retry(d) => {
+                tracing::debug!(
+                    kind = err.kind.code(),
+                    retry = retries + 1,
+                    delay_ms = d.as_millis() as u64,
+                    "retrying"
+                );
+                tokio::time::sleep(d).await;
+                retries += 1;
+            }
+            Decision::GiveUp => {
+                err.attempts = retries + 1;
+                return Err(err);
+            }
+        }
+    }
+}
+
+/// Sends one prepared request; non-2xx answers become classified errors.
+/// `timeout` bounds the whole exchange, body included; streams pass `None` and are bounded by
+/// the retry loop's deadline until headers arrive, then by the idle timeout between chunks.
+async fn send(
+    route: &Route,
+    prepared: &PreparedRequest,
+    timeout: Option<Duration>,
+) -> Result<reqwest::Response> {
+    let mut builder = client()?
+        .post(&prepared.url)
+        .headers(prepared.headers.clone())
+        .body(prepared.body.clone());
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    let resp = builder
+        .send()
+        .await
+        .map_err(|e| transport_error(&e, &route.api_base))?;
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(resp);
+    }
+    let headers = resp.headers().clone();
+    let body = read_capped(resp, 64 * 1024).await;
+    Err(match route.dialect {
+        Dialect::OpenAi => openai::parse_error(route, status, &headers, &body),
+    })
+}
+
+/// Reads at most `cap` bytes of an error body; a body that fails midway keeps what arrived.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = cap.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= cap {
+            break;
+        }
+    }
+    out
+}
+
+fn remaining(started: Instant, opts: &CallOptions) -> Duration {
+    (started + opts.timeout).saturating_duration_since(Instant::now())
+}
+
+fn mock_id() -> String {
+    format!("chatcmpl-{:032x}", rand::random::<u128>())
+}
+
+fn n_choices(req: &ChatRequest) -> u32 {
+    req.params
+        .get("n")
+        .and_then(Value::as_u64)
+        .map_or(1, |n| n.clamp(1, 128) as u32)
+}
+
+fn mock_completion(req: &ChatRequest, text: &str) -> ChatCompletion {
+    let choices = (0..n_choices(req))
+        .map(|i| Choice {
+            index: i,
+            message: Message {
+                role: "assistant".into(),
+                content: Some(text.to_owned()),
+                tool_calls: None,
+                function_call: None,
+                extra: Map::new(),
+            },
+            finish_reason: Some("stop".into()),
+            logprobs: None,
+            extra: Map::new(),
+        })
+        .collect();
+    ChatCompletion {
+        id: mock_id(),
+        object: "chat.completion".into(),
+        created: unix_now(),
+        model: req.model.clone(),
+        choices,
+        usage: Some(Usage {
+            prompt_tokens: 10,
+            completion_tokens: 20,
+            total_tokens: 30,
+            extra: Map::new(),
+        }),
+        system_fingerprint: None,
+        extra: Map::new(),
+    }
+}
+
+fn mock_chunks(req: &ChatRequest, text: &str) -> Vec<ChatChunk> {
+    let id = mock_id();
+    let created = unix_now();
+    let chunk = |delta: Delta, finish: Option<&str>| ChatChunk {
+        id: id.clone(),
+        object: "chat.completion.chunk".into(),
+        created,
+        model: req.model.clone(),
+        choices: vec![ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason: finish.map(str::to_owned),
+            logprobs: None,
+        }],
+        usage: None,
+        system_fingerprint: None,
+        extra: Map::new(),
+    };
+    let chars: Vec<char> = text.chars().collect();
+    let mut out: Vec<ChatChunk> = chars
+        .chunks(3)
+        .enumerate()
+        .map(|(i, piece)| {
+            let role = (i == 0).then(|| "assistant".to_owned());
+            chunk(
+                Delta {
+                    role,
+                    content: Some(piece.iter().collect()),
+                    ..Default::default()
+                },
+                None,
+            )
+        })
+        .collect();
+    out.push(chunk(Delta::default(), Some("stop")));
+    out
+}
+
+fn prepare_chat(
+    route: &Route,
+    req: &ChatRequest,
+    stream: bool,
+    opts: &CallOptions,
+) -> Result<PreparedRequest> {
+    match route.dialect {
+        Dialect::OpenAi => openai::chat_request(
+            route,
+            req,
+            stream,
+            &opts.extra_headers,
+            opts.extra_body.as_ref(),
+        ),
+    }
+}
+
+fn validate(req: &ChatRequest) -> Result<()> {
+    if req.messages.is_empty() {
+        return Err(Error::bad_request("messages must be a non-empty list"));
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        match m.get("role").and_then(Value::as_str) {
+            Some(_) => {}
+            None => {
+                return Err(Error::bad_request(format!(
+                    "messages[{i}] has no 'role' string"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A unary chat completion.
+pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Completed<ChatCompletion>> {
+    let started = Instant::now();
+    match &opts.mock {
+        Some(Mock::Text(t)) => {
+            return Ok(Completed {
+                response: mock_completion(&req, t),
+                meta: CallMeta::mock(started),
+                elapsed: started.elapsed(),
+            })
+        }
+        Some(Mock::Error(k, m)) => {
+            return Err(Error::new(*k, m.clone()).with_context("openai", &req.model))
+        }
+        None => {}
+    }
+    let route =
+        resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
+    validate(&req).map_err(|e| e.with_context(route.provider, &req.model))?;
+    let prepared = prepare_chat(&route, &req, false, opts)
+        .map_err(|e| e.with_context(route.provider, &req.model))?;
+    let result = with_retries(opts, started, || async {
+        let resp = send(&route, &prepared, Some(remaining(started, opts))).await?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&e, &route.api_base))?;
+        match route.dialect {
+            Dialect::OpenAi => openai::parse_chat(&route, &body),
+        }
+    })
+    .await;
+    match result {
+        Ok((response, attempts)) => {
+            let mut meta = CallMeta::new(&route, started);
+            meta.attempts = attempts;
+            Ok(Completed {
+                response,
+                meta,
+                elapsed: started.elapsed(),
+            })
+        }
+        Err(e) => Err(e.with_context(route.provider, &req.model)),
+    }
+}
+
+/// A streamed chat completion. Connecting, the status and the first error body are retried
+/// like unary calls; once chunks flow, a failure ends the stream with a classified error.
+pub async fn completion_stream(
+    req: ChatRequest,
+    opts: &CallOptions,
+) -> Result<(ChatStream, CallMeta)> {
+    let started = Instant::now();
+    match &opts.mock {
+        Some(Mock::Text(t)) => {
+            let chunks = mock_chunks(&req, t);
+            return Ok((
+                ChatStream::from_chunks(chunks, "mock", req.model.clone()),
+                CallMeta::mock(started),
+            ));
+        }
+        Some(Mock::Error(k, m)) => {
+            return Err(Error::new(*k, m.clone()).with_context("openai", &req.model))
+        }
+        None => {}
+    }
+    let route =
+        resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
+    validate(&req).map_err(|e| e.with_context(route.provider, &req.model))?;
+    let prepared = prepare_chat(&route, &req, true, opts)
+        .map_err(|e| e.with_context(route.provider, &req.model))?;
+    let show_usage = req
+        .params
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let result = with_retries(opts, started, || send(&route, &prepared, None)).await;
+    match result {
+        Ok((resp, attempts)) => {
+            let mut meta = CallMeta::new(&route, started);
+            meta.attempts = attempts;
+            let body = Box::pin(resp.bytes_stream());
+            let idle = opts.stream_timeout.unwrap_or(opts.timeout);
+            Ok((
+                ChatStream::from_http(body, route, req.model, show_usage, idle),
+                meta,
+            ))
+        }
+        Err(e) => Err(e.with_context(route.provider, &req.model)),
+    }
+}
+
+/// Embeddings.
+pub async fn embedding(
+    req: EmbeddingRequest,
+    opts: &CallOptions,
+) -> Result<Completed<EmbeddingResponse>> {
+    let started = Instant::now();
+    let route =
+        resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
+    let prepared = match route.dialect {
+        Dialect::OpenAi => {
+            openai::embedding_request(&route, &req, &opts.extra_headers, opts.extra_body.as_ref())
+        }
+    }
+    .map_err(|e| e.with_context(route.provider, &req.model))?;
+    let result = with_retries(opts, started, || async {
+        let resp = send(&route, &prepared, Some(remaining(started, opts))).await?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&e, &route.api_base))?;
+        match route.dialect {
+            Dialect::OpenAi => openai::parse_embedding(&route, &body),
+        }
+    })
+    .await;
+    match result {
+        Ok((response, attempts)) => {
+            let mut meta = CallMeta::new(&route, started);
+            meta.attempts = attempts;
+            Ok(Completed {
+                response,
+                meta,
+                elapsed: started.elapsed(),
+            })
+        }
+        Err(e) => Err(e.with_context(route.provider, &req.model)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mock_strings() {
+        assert!(matches!(Mock::parse("hello"), Mock::Text(t) if t == "hello"));
+        assert!(matches!(
+            Mock::parse("litellm.RateLimitError"),
+            Mock::Error(ErrorKind::RateLimited, _)
+        ));
+    }
+
+    #[tokio::test]
+    async fn mock_stream_reassembles() {
+        let req = ChatRequest::new(
+            "gpt-4o",
+            vec![serde_json::json!({"role":"user","content":"x"})],
+        );
+        let opts = CallOptions {
+            mock: Some(Mock::Text("hello world".into())),
+            ..Default::default()
+        };
+        let (mut s, _) = completion_stream(req, &opts).await.unwrap();
+        let mut text = String::new();
+        let mut finish = None;
+        while let Some(item) = s.next().await {
+            let c = item.unwrap().chunk;
+            text.push_str(c.choices[0].delta.content.as_deref().unwrap_or(""));
+            finish = finish.or(c.choices[0].finish_reason.clone());
+        }
+        assert_eq!(text, "hello world");
+        assert_eq!(finish.as_deref(), Some("stop"));
+    }
+
+    #[tokio::test]
+    async fn validation_and_unknown_provider() {
+        let opts = CallOptions::default();
+        let e = completion(ChatRequest::new("nosuch/x", vec![]), &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidConfig);
+        let opts = CallOptions {
+            endpoint: Endpoint {
+                api_key: Some(crate::providers::Secret::new("k")),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = completion(ChatRequest::new("gpt-4o", vec![]), &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert_eq!(e.provider.as_deref(), Some("openai"));
+    }
+}

@@ -1,0 +1,282 @@
+//! Streams of chat chunks: SSE framing ([`sse`]) and the typed [`ChatStream`] a caller pulls
+//! chunks from.
+//!
+//! A `ChatStream` reads the upstream body, frames SSE events, lets the route's dialect turn
+//! each into a chunk, and keeps what the pipeline needs afterwards: the usage, how many chunks
+//! were seen, when the first arrived. A body that ends before the stream's end marker (and
+//! before every choice finished) is a classified `connection` error, never a silent short
+//! answer. Dropping a `ChatStream` drops the HTTP response and so closes the connection.
+
+pub mod sse;
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::transport_error;
+use crate::providers::{openai, Dialect, Route};
+use crate::types::{ChatChunk, Usage};
+use sse::{SseEvent, SseParser};
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+enum Source {
+    Http {
+        body: ByteStream,
+        parser: SseParser,
+        events: VecDeque<SseEvent>,
+        route: Box<Route>,
+    },
+    Canned(VecDeque<ChatChunk>),
+}
+
+/// One chunk for the caller, with usage that arrived for it but is not to be shown as a chunk
+/// (the caller did not ask for `stream_options.include_usage`).
+#[derive(Debug, Clone)]
+pub struct StreamItem {
+    pub chunk: ChatChunk,
+    pub hidden_usage: Option<Usage>,
+}
+
+pub struct ChatStream {
+    source: Source,
+    /// Usage chunks are shown only when the caller asked for them.
+    show_usage_chunk: bool,
+    /// A finished chunk held back until we know whether a usage chunk follows.
+    held: Option<ChatChunk>,
+    /// Chunks read ahead and given back.
+    pending: VecDeque<ChatChunk>,
+    idle_timeout: Duration,
+    finished: bool,
+    saw_finish_reason: bool,
+    chunks: u64,
+    first_chunk_at: Option<Instant>,
+    usage: Option<Usage>,
+    provider: &'static str,
+    model: String,
+}
+
+impl std::fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatStream")
+            .field("provider", &self.provider)
+            .field("model", &self.model)
+            .field("chunks", &self.chunks)
+            .finish()
+    }
+}
+
+impl ChatStream {
+    pub(crate) fn from_http(
+        body: ByteStream,
+        route: Route,
+        caller_model: String,
+        show_usage_chunk: bool,
+        idle_timeout: Duration,
+    ) -> Self {
+        let provider = route.provider;
+        ChatStream {
+            source: Source::Http {
+                body,
+                parser: SseParser::new(),
+                events: VecDeque::new(),
+                route: Box::new(route),
+            },
+            show_usage_chunk,
+            held: None,
+            pending: VecDeque::new(),
+            idle_timeout,
+            finished: false,
+            saw_finish_reason: false,
+            chunks: 0,
+            first_chunk_at: None,
+            usage: None,
+            provider,
+            model: caller_model,
+        }
+    }
+
+    /// A stream replaying chunks already in hand (mock responses; later, cache hits).
+    pub fn from_chunks(chunks: Vec<ChatChunk>, provider: &'static str, model: String) -> Self {
+        ChatStream {
+            source: Source::Canned(chunks.into()),
+            show_usage_chunk: true,
+            held: None,
+            pending: VecDeque::new(),
+            idle_timeout: Duration::from_secs(3600),
+            finished: false,
+            saw_finish_reason: false,
+            chunks: 0,
+            first_chunk_at: None,
+            usage: None,
+            provider,
+            model,
+        }
+    }
+
+    /// Usage reported by the upstream, once its usage chunk has arrived.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+
+    pub fn chunks_seen(&self) -> u64 {
+        self.chunks
+    }
+
+    pub fn first_chunk_at(&self) -> Option<Instant> {
+        self.first_chunk_at
+    }
+
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// The next raw chunk from the source, or `None` at a proper end.
+    async fn next_raw(&mut self) -> Option<Result<ChatChunk>> {
+        if let Some(c) = self.pending.pop_front() {
+            return Some(Ok(c));
+        }
+        loop {
+            let (body, parser, events, route) = match &mut self.source {
+                Source::Canned(q) => return q.pop_front().map(Ok),
+                Source::Http {
+                    body,
+                    parser,
+                    events,
+                    route,
+                } => (body, parser, events, route),
+            };
+            if let Some(ev) = events.pop_front() {
+                let parsed = match route.dialect {
+                    Dialect::OpenAi => openai::parse_stream_event(route, &ev),
+                };
+                match parsed {
+                    Ok(openai::StreamEvent::Chunk(c)) => return Some(Ok(*c)),
+                    Ok(openai::StreamEvent::Done) => return None,
+                    Err(e) => return Some(Err(e.with_context(route.provider, &self.model))),
+                }
+            }
+            let read = tokio::time::timeout(self.idle_timeout, body.next()).await;
+            let mut buf = Vec::new();
+            match read {
+                Err(_) => {
+                    return Some(Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "stream stalled: no data for {:?} after {} chunks",
+                            self.idle_timeout, self.chunks
+                        ),
+                    )
+                    .with_context(route.provider, &self.model)));
+                }
+                Ok(Some(Ok(bytes))) => parser.feed(&bytes, &mut buf),
+                Ok(Some(Err(e))) => {
+                    let mut err = transport_error(&e, &route.api_base);
+                    err.message = format!(
+                        "stream interrupted after {} chunks: {}",
+                        self.chunks, err.message
+                    );
+                    return Some(Err(err.with_context(route.provider, &self.model)));
+                }
+                Ok(None) => {
+                    let partial = parser.has_partial();
+                    parser.finish(&mut buf);
+                    if buf.is_empty() {
+                        if self.saw_finish_reason && !partial {
+                            return None;
+                        }
+                        return Some(Err(Error::new(
+                            ErrorKind::Connection,
+                            format!(
+                                "stream ended before completion after {} chunks (no [DONE] marker)",
+                                self.chunks
+                            ),
+                        )
+                        .with_context(route.provider, &self.model)));
+                    }
+                }
+            }
+            events.extend(buf);
+        }
+    }
+
+    /// The next chunk for the caller; `None` at the end. After an error the stream is over.
+    pub async fn next(&mut self) -> Option<Result<StreamItem>> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            let raw = self.next_raw().await;
+            let chunk = match raw {
+                None => {
+                    self.finished = true;
+                    return self.held.take().map(|chunk| {
+                        Ok(StreamItem {
+                            chunk,
+                            hidden_usage: None,
+                        })
+                    });
+                }
+                Some(Err(e)) => {
+                    self.finished = true;
+                    return Some(Err(e));
+                }
+                Some(Ok(c)) => c,
+            };
+            if self.first_chunk_at.is_none() {
+                self.first_chunk_at = Some(Instant::now());
+            }
+            self.chunks += 1;
+            if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+                self.saw_finish_reason = true;
+            }
+            if let Some(u) = &chunk.usage {
+                self.usage = Some(u.clone());
+            }
+            let usage_only = chunk.choices.is_empty() && chunk.usage.is_some();
+            if usage_only && !self.show_usage_chunk {
+                let hidden = chunk.usage;
+                return match self.held.take() {
+                    Some(held) => Some(Ok(StreamItem {
+                        chunk: held,
+                        hidden_usage: hidden,
+                    })),
+                    None => continue,
+                };
+            }
+            if !self.show_usage_chunk && chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+                // Hold the finishing chunk: a usage chunk may follow and belongs to it.
+                if let Some(prev) = self.held.replace(chunk) {
+                    return Some(Ok(StreamItem {
+                        chunk: prev,
+                        hidden_usage: None,
+                    }));
+                }
+                continue;
+            }
+            if let Some(prev) = self.held.take() {
+                // Something other than usage followed the held chunk; emit both in order.
+                self.push_front(chunk);
+                return Some(Ok(StreamItem {
+                    chunk: prev,
+                    hidden_usage: None,
+                }));
+            }
+            return Some(Ok(StreamItem {
+                chunk,
+                hidden_usage: None,
+            }));
+        }
+    }
+
+    fn push_front(&mut self, chunk: ChatChunk) {
+        // Re-queue a chunk already counted; only reached when a held chunk is followed by more
+        // content (several choices finishing at different times).
+        self.chunks -= 1;
+        self.pending.push_front(chunk);
+    }
+}
