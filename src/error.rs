@@ -175,8 +175,15 @@ impl fmt::Display for ErrorKind {
 }
 
 /// A classified failure with what a caller needs to report or retry it.
+///
+/// Boxed so that `Result<T, Error>` stays one pointer wide on the happy path; fields are read
+/// through `Deref` (`err.kind`, `err.message`).
 #[derive(Debug, Clone)]
-pub struct Error {
+pub struct Error(Box<ErrorData>);
+
+/// The fields of an [`Error`].
+#[derive(Debug, Clone)]
+pub struct ErrorData {
     pub kind: ErrorKind,
     /// Human-readable, never containing a secret.
     pub message: String,
@@ -196,7 +203,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
+        Error(Box::new(ErrorData {
             kind,
             message: message.into(),
             status: None,
@@ -205,7 +212,7 @@ impl Error {
             retry_after: None,
             upstream_code: None,
             attempts: 1,
-        }
+        }))
     }
 
     pub fn with_status(mut self, status: u16) -> Self {
@@ -249,6 +256,20 @@ impl Error {
 
     pub fn bad_request(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::BadRequest, message)
+    }
+}
+
+impl std::ops::Deref for Error {
+    type Target = ErrorData;
+
+    fn deref(&self) -> &ErrorData {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Error {
+    fn deref_mut(&mut self) -> &mut ErrorData {
+        &mut self.0
     }
 }
 

@@ -349,9 +349,9 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
     }
     let route =
         resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
-    validate(&req).map_err(|e| e.with_context(route.provider, &req.model))?;
+    validate(&req).map_err(|e| e.with_context(route.provider, &route.model))?;
     let prepared = prepare_chat(&route, &req, false, opts)
-        .map_err(|e| e.with_context(route.provider, &req.model))?;
+        .map_err(|e| e.with_context(route.provider, &route.model))?;
     let result = with_retries(opts, started, || async {
         let resp = send(&route, &prepared, Some(remaining(started, opts))).await?;
         let body = resp
@@ -373,7 +373,7 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
                 elapsed: started.elapsed(),
             })
         }
-        Err(e) => Err(e.with_context(route.provider, &req.model)),
+        Err(e) => Err(e.with_context(route.provider, &route.model)),
     }
 }
 
@@ -399,9 +399,9 @@ pub async fn completion_stream(
     }
     let route =
         resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
-    validate(&req).map_err(|e| e.with_context(route.provider, &req.model))?;
+    validate(&req).map_err(|e| e.with_context(route.provider, &route.model))?;
     let prepared = prepare_chat(&route, &req, true, opts)
-        .map_err(|e| e.with_context(route.provider, &req.model))?;
+        .map_err(|e| e.with_context(route.provider, &route.model))?;
     let show_usage = req
         .params
         .get("stream_options")
@@ -420,7 +420,7 @@ pub async fn completion_stream(
                 meta,
             ))
         }
-        Err(e) => Err(e.with_context(route.provider, &req.model)),
+        Err(e) => Err(e.with_context(route.provider, &route.model)),
     }
 }
 
@@ -437,7 +437,7 @@ pub async fn embedding(
             openai::embedding_request(&route, &req, &opts.extra_headers, opts.extra_body.as_ref())
         }
     }
-    .map_err(|e| e.with_context(route.provider, &req.model))?;
+    .map_err(|e| e.with_context(route.provider, &route.model))?;
     let result = with_retries(opts, started, || async {
         let resp = send(&route, &prepared, Some(remaining(started, opts))).await?;
         let body = resp
@@ -459,7 +459,7 @@ pub async fn embedding(
                 elapsed: started.elapsed(),
             })
         }
-        Err(e) => Err(e.with_context(route.provider, &req.model)),
+        Err(e) => Err(e.with_context(route.provider, &route.model)),
     }
 }
 

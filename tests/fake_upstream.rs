@@ -1,4 +1,6 @@
 #![cfg(feature = "server")]
+// Test helpers outside #[test] functions are not covered by clippy.toml allow-*-in-tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Integration tests of the fake OpenAI-compatible upstream.
 
 use std::time::{Duration, Instant};
@@ -144,7 +146,7 @@ async fn unary_shape_and_usage() {
     for (i, ch) in choices.iter().enumerate() {
         assert_eq!(ch["index"], i);
         assert_eq!(ch["finish_reason"], "length");
-        assert_eq!(ch["message"]["content"], "Hello! This is the fake upstream");
+        assert_eq!(ch["message"]["content"], "Hello! This is the fake");
     }
     assert_eq!(v["usage"]["completion_tokens"], 15);
     assert_eq!(v["usage"]["total_tokens"], 27);
@@ -836,6 +838,29 @@ async fn h2c_and_shutdown() {
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     let ev = events(&resp.text().await.unwrap());
     assert_eq!(ev.last().unwrap(), "[DONE]");
+
+    // A cut over h2 still delivers the chunks before the error.
+    let mut resp = post(
+        &c,
+        &h,
+        "/v1/chat/completions",
+        &[("x-fake-cut-after", "2")],
+        &body,
+    )
+    .await;
+    let mut got = Vec::new();
+    let err = loop {
+        match resp.chunk().await {
+            Ok(Some(b)) => got.extend_from_slice(&b),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    assert!(err.is_some());
+    assert_eq!(
+        content_of(&events(std::str::from_utf8(&got).unwrap())),
+        "Hello! This "
+    );
 
     let addr = h.addr;
     h.shutdown().await;

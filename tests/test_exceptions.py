@@ -131,7 +131,7 @@ def test_from_native_factory():
     )
     assert isinstance(c, E.BadRequestError) and c.num_retries is None and str(c).endswith(": m")
     u = E._from_native("NoSuchClass", "weird", "m", 599, None, None, None, None, 1, None)
-    assert type(u) is E.APIError and u.status_code == 599
+    assert isinstance(u, E.APIError) and type(u).__name__ == "APIError" and u.status_code == 599
     b = E._from_native("BudgetExceededError", "budget_exceeded", "over", 422, None, None, None, None, 1, None)
     assert type(b) is E.BudgetExceededError and str(b) == "over"
 

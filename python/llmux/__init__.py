@@ -87,7 +87,9 @@ def _mock_object(model: str, mock: Any, stream: bool) -> Any:
         raise mock
     if isinstance(mock, dict):
         if stream:
-            raise BadRequestError("mock_response as a dict is not supported with stream=True", "openai", model)
+            raise BadRequestError(
+                "mock_response as a dict is not supported with stream=True", "openai", model
+            )
         d = dict(mock)
         d.setdefault("model", model)
         return ModelResponse(**d)
@@ -96,7 +98,9 @@ def _mock_object(model: str, mock: Any, stream: bool) -> Any:
     )
 
 
-def completion(model: str, messages: Optional[list] = None, **kwargs: Any) -> Union[ModelResponse, CustomStreamWrapper]:
+def completion(
+    model: str, messages: Optional[list] = None, **kwargs: Any
+) -> Union[ModelResponse, CustomStreamWrapper]:
     """Chat completion, LiteLLM's ``completion``.
 
     Takes OpenAI's chat parameters (``temperature``, ``max_tokens``, ``tools``, ``response_format``,

@@ -25,7 +25,17 @@ class FakeUpstream:
     def __init__(self, port: int = 0, threads: int = 2, host: str = "127.0.0.1") -> None:
         self.host = host
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmux.testing", "--host", host, "--port", str(port), "--threads", str(threads)],
+            [
+                sys.executable,
+                "-m",
+                "llmux.testing",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--threads",
+                str(threads),
+            ],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
         )

@@ -381,13 +381,19 @@ enum Item {
     Data(Bytes),
     /// Data preceded by the chunk delay.
     Delayed(Bytes),
-    /// End the body with an error (`x-fake-cut-after`).
+    /// End the body with an error (`x-fake-cut-after`), after a short pause that lets
+    /// hyper flush what was already written (an error drops unflushed buffers).
     Cut,
+    /// The error itself, once the pause is over.
+    CutNow,
 }
+
+/// Pause before a cut so the bytes before it reach the client.
+const CUT_FLUSH_PAUSE: Duration = Duration::from_millis(5);
 
 struct Events {
     items: std::vec::IntoIter<Item>,
-    held: Option<Bytes>,
+    held: Option<Item>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     delay: Duration,
 }
@@ -452,15 +458,20 @@ impl Body for FakeBody {
                     ev.sleep = None;
                 }
                 let item = match ev.held.take() {
-                    Some(b) => Item::Data(b),
+                    Some(item) => item,
                     None => match ev.items.next() {
                         None => {
                             complete(tracker);
                             return Poll::Ready(None);
                         }
                         Some(Item::Delayed(b)) if !ev.delay.is_zero() => {
-                            ev.held = Some(b);
+                            ev.held = Some(Item::Data(b));
                             ev.sleep = Some(Box::pin(tokio::time::sleep(ev.delay)));
+                            continue;
+                        }
+                        Some(Item::Cut) => {
+                            ev.held = Some(Item::CutNow);
+                            ev.sleep = Some(Box::pin(tokio::time::sleep(CUT_FLUSH_PAUSE)));
                             continue;
                         }
                         Some(item) => item,
@@ -473,7 +484,7 @@ impl Body for FakeBody {
                         }
                         return Poll::Ready(Some(Ok(Frame::data(b))));
                     }
-                    Item::Cut => {
+                    Item::Cut | Item::CutNow => {
                         complete(tracker);
                         return Poll::Ready(Some(Err(io::Error::new(
                             io::ErrorKind::ConnectionAborted,
@@ -1508,24 +1519,38 @@ impl<'a> SseWriter<'a> {
         }
     }
 
-    fn into_items(self) -> Vec<Item> {
+    /// One frame per event; without chunk delay, consecutive events are coalesced
+    /// into one frame (they are contiguous in the buffer, so this is free).
+    fn into_items(self, coalesce: bool) -> Vec<Item> {
         let all = Bytes::from(self.buf);
+        let mut items = Vec::with_capacity(if coalesce { 2 } else { self.marks.len() });
         let mut start = 0;
-        self.marks
-            .into_iter()
-            .map(|mark| match mark {
+        let mut pending_end = 0;
+        for mark in self.marks {
+            match mark {
+                Mark::Data { end, .. } if coalesce => pending_end = end,
                 Mark::Data { end, delayed } => {
                     let b = all.slice(start..end);
                     start = end;
-                    if delayed {
+                    items.push(if delayed {
                         Item::Delayed(b)
                     } else {
                         Item::Data(b)
-                    }
+                    });
                 }
-                Mark::Cut => Item::Cut,
-            })
-            .collect()
+                Mark::Cut => {
+                    if pending_end > start {
+                        items.push(Item::Data(all.slice(start..pending_end)));
+                        start = pending_end;
+                    }
+                    items.push(Item::Cut);
+                }
+            }
+        }
+        if pending_end > start {
+            items.push(Item::Data(all.slice(start..pending_end)));
+        }
+        items
     }
 }
 
@@ -1750,7 +1775,7 @@ fn chat(state: &FakeUpstream, c: &Controls, body: &[u8], failing: bool) -> Respo
         finish_reason,
         include_usage.then_some(usage),
     );
-    let items = w.into_items();
+    let items = w.into_items(c.chunk_delay_ms == 0);
     response(
         StatusCode::OK,
         SSE,

@@ -1,0 +1,145 @@
+"""LLMux demo: a scripted session against the bundled fake upstream (no keys, no network).
+
+Run with ``make demo``. Shows a unary call, a stream arriving chunk by chunk, an async
+fan-out, tool calls, embeddings, and errors: a rate limit retried after the upstream's hint,
+a quota error that is never retried, and an HTML error page classified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+os.environ.setdefault("OPENAI_API_KEY", "sk-demo-not-a-real-key")
+
+import llmux  # noqa: E402
+from llmux.testing import FakeUpstream  # noqa: E402
+
+MSGS = [{"role": "user", "content": "Say hello."}]
+
+
+def title(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m")
+
+
+def main() -> None:
+    t0 = time.perf_counter()
+    with FakeUpstream(threads=1) as fake:
+        base = fake.base_url
+        print(f"fake upstream on {base} (started in {1000 * (time.perf_counter() - t0):.0f} ms)")
+
+        title("1. completion(): unary")
+        r = llmux.completion(model="openai/gpt-4o-mini", messages=MSGS, api_base=base)
+        print("content :", r.choices[0].message.content)
+        print(
+            "usage   :",
+            r.usage.prompt_tokens,
+            "prompt +",
+            r.usage.completion_tokens,
+            "completion =",
+            r["usage"]["total_tokens"],
+        )
+        print("hidden  :", {k: r._hidden_params[k] for k in ("custom_llm_provider", "api_base", "attempts")})
+        print(f"latency : {r._response_ms:.2f} ms")
+
+        title("2. completion(stream=True): chunks as they arrive (40 ms apart upstream)")
+        start = time.perf_counter()
+        chunks = []
+        for chunk in llmux.completion(
+            model="deepseek/deepseek-chat",
+            messages=MSGS,
+            api_base=base,
+            api_key="sk-demo",
+            stream=True,
+            extra_headers={
+                "x-fake-chunk-delay-ms": "40",
+                "x-fake-content": "Streaming, one word at a time, from Rust.",
+            },
+        ):
+            chunks.append(chunk)
+            piece = chunk.choices[0].delta.content or ""
+            print(f"  +{1000 * (time.perf_counter() - start):4.0f} ms  {piece!r}")
+        built = llmux.stream_chunk_builder(chunks, messages=MSGS)
+        print("rebuilt :", built.choices[0].message.content, "| usage", built.usage.total_tokens)
+
+        title("3. acompletion(): 1000 concurrent requests from one asyncio loop")
+
+        async def fan_out(n: int) -> float:
+            s = time.perf_counter()
+            rs = await asyncio.gather(
+                *[llmux.acompletion(model="gpt-4o-mini", messages=MSGS, api_base=base) for _ in range(n)]
+            )
+            assert all(x.choices[0].message.content for x in rs)
+            return time.perf_counter() - s
+
+        asyncio.run(fan_out(100))
+        secs = asyncio.run(fan_out(1000))
+        print(f"1000 requests in {secs * 1000:.0f} ms = {1000 / secs:,.0f} requests/s")
+
+        async def astream() -> int:
+            s = await llmux.acompletion(model="gpt-4o-mini", messages=MSGS, api_base=base, stream=True)
+            return len([c async for c in s])
+
+        print("async stream chunks:", asyncio.run(astream()))
+
+        title("4. tool calls")
+        r = llmux.completion(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Weather in Paris and Tokyo?"}],
+            api_base=base,
+            tools=[
+                {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+            ],
+            extra_headers={"x-fake-tool-calls": "2"},
+        )
+        for tc in r.choices[0].message.tool_calls:
+            print(f"  {tc.id}: {tc.function.name}({tc.function.arguments})")
+
+        title("5. embeddings")
+        e = llmux.embedding(
+            model="text-embedding-3-small", input=["hello", "world"], dimensions=4, api_base=base
+        )
+        print("vectors:", [[round(x, 3) for x in d["embedding"]] for d in e.data])
+
+        title("6. errors, classified and retried only when it can help")
+        s = time.perf_counter()
+        r = llmux.completion(
+            model="gpt-4o-mini",
+            messages=MSGS,
+            api_base=base,
+            num_retries=2,
+            extra_headers={
+                "x-fake-key": "demo-rl",
+                "x-fake-status": "429",
+                "x-fake-fail-times": "1",
+                "x-fake-retry-after-ms": "300",
+            },
+        )
+        print(
+            f"429 with retry-after-ms 300 -> succeeded on attempt {r._hidden_params['attempts']}"
+            f" after {1000 * (time.perf_counter() - s):.0f} ms"
+        )
+        for faults, label in [
+            ({"x-fake-status": "429", "x-fake-error-code": "insufficient_quota"}, "quota exhausted"),
+            ({"x-fake-status": "502", "x-fake-html": "1"}, "HTML error page"),
+            ({"x-fake-status": "400", "x-fake-error-code": "context_length_exceeded"}, "context too long"),
+        ]:
+            try:
+                llmux.completion(
+                    model="gpt-4o-mini", messages=MSGS, api_base=base, num_retries=3, extra_headers=faults
+                )
+            except (llmux.RateLimitError, llmux.BadGatewayError, llmux.BadRequestError) as exc:
+                what = f"status {exc.status_code}, kind {exc.kind}, attempts {exc.attempts}"
+                print(f"{label:16} -> {type(exc).__name__} ({what})")
+                print(f"{'':16}    {exc}")
+        try:
+            llmux.completion(model="groq/llama-3.1-8b-instant", messages=MSGS)
+        except llmux.AuthenticationError as exc:
+            print(f"{'no key':16} -> {type(exc).__name__}: {exc.message}")
+    print("\ndone.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
