@@ -15,6 +15,7 @@ import os
 from typing import Any, Optional, Union
 
 from . import _llmux
+from ._aio import run as _run
 from ._stream_wrapper import CustomStreamWrapper
 from ._streaming import stream_chunk_builder
 from .exceptions import (
@@ -117,7 +118,8 @@ def completion(
     if mock is not None and not isinstance(mock, str):
         return _mock_object(model, mock, bool(stream))
     if stream:
-        return CustomStreamWrapper(_llmux.completion_stream(model, messages, kwargs), model)
+        native, first = _llmux.completion_stream(model, messages, kwargs)
+        return CustomStreamWrapper(native, model, first)
     d, hidden = _llmux.completion(model, messages, kwargs)
     return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
 
@@ -135,9 +137,9 @@ async def acompletion(
     if mock is not None and not isinstance(mock, str):
         return _mock_object(model, mock, bool(stream))
     if stream:
-        native = await _llmux.acompletion_stream(model, messages, kwargs)
-        return CustomStreamWrapper(native, model)
-    d, hidden = await _llmux.acompletion(model, messages, kwargs)
+        native, first = await _run(_llmux.acompletion_stream, model, messages, kwargs)
+        return CustomStreamWrapper(native, model, first)
+    d, hidden = await _run(_llmux.acompletion, model, messages, kwargs)
     return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
 
 
@@ -156,7 +158,7 @@ async def aembedding(model: str, input: Any = None, **kwargs: Any) -> EmbeddingR
     if input is None:
         input = kwargs.pop("input", [])  # noqa: A001
     _apply_settings(kwargs)
-    d, hidden = await _llmux.aembedding(model, input, kwargs)
+    d, hidden = await _run(_llmux.aembedding, model, input, kwargs)
     return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
 
 

@@ -1,12 +1,13 @@
 """Type stubs for the native engine module ``llmux._llmux`` (kept true by mypy.stubtest)."""
 
-from collections.abc import Awaitable
 from typing import Any, Optional
 
-from typing_extensions import final
+from typing_extensions import TypeAlias, final
 
 __all__ = [
+    "Bridge",
     "NativeStream",
+    "TaskHandle",
     "__version__",
     "acompletion",
     "acompletion_stream",
@@ -19,26 +20,33 @@ __all__ = [
 ]
 __version__: str
 
-def completion(
-    model: str, messages: Any, kwargs: Optional[dict[str, Any]] = None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Blocking chat completion (GIL released). Returns ``(response_dict, hidden_params)``."""
+# A batch of stream items: (chunk dict, hidden usage dict or None) pairs; a trailing None
+# marks the end of the stream.
+_Batch: TypeAlias = list[Optional[tuple[dict[str, Any], Optional[dict[str, Any]]]]]
+_Unary: TypeAlias = tuple[dict[str, Any], dict[str, Any]]
 
-def acompletion(
+def completion(model: str, messages: Any, kwargs: Optional[dict[str, Any]] = None) -> _Unary:
+    """Blocking chat completion (GIL released): ``(response_dict, hidden_params)``."""
+
+def completion_stream(
     model: str, messages: Any, kwargs: Optional[dict[str, Any]] = None
-) -> Awaitable[tuple[dict[str, Any], dict[str, Any]]]: ...
-def completion_stream(model: str, messages: Any, kwargs: Optional[dict[str, Any]] = None) -> NativeStream:
-    """Opens a chat stream (blocking until the upstream answers)."""
+) -> tuple[NativeStream, Optional[_Batch]]:
+    """Opens a chat stream and pulls its first batch (blocking, GIL released)."""
+
+def embedding(model: str, input: Any, kwargs: Optional[dict[str, Any]] = None) -> _Unary: ...
+def acompletion(
+    bridge: Bridge, fut: Any, model: str, messages: Any, kwargs: Optional[dict[str, Any]] = None
+) -> TaskHandle:
+    """Starts a chat completion; the asyncio future ``fut`` receives ``(response, hidden)``."""
 
 def acompletion_stream(
-    model: str, messages: Any, kwargs: Optional[dict[str, Any]] = None
-) -> Awaitable[NativeStream]: ...
-def embedding(
-    model: str, input: Any, kwargs: Optional[dict[str, Any]] = None
-) -> tuple[dict[str, Any], dict[str, Any]]: ...
+    bridge: Bridge, fut: Any, model: str, messages: Any, kwargs: Optional[dict[str, Any]] = None
+) -> TaskHandle:
+    """Opens a chat stream; ``fut`` receives ``(NativeStream, first_batch)``."""
+
 def aembedding(
-    model: str, input: Any, kwargs: Optional[dict[str, Any]] = None
-) -> Awaitable[tuple[dict[str, Any], dict[str, Any]]]: ...
+    bridge: Bridge, fut: Any, model: str, input: Any, kwargs: Optional[dict[str, Any]] = None
+) -> TaskHandle: ...
 def error_kinds() -> list[tuple[str, str, bool, int]]:
     """Every error kind: ``(code, exception class name, retryable, default status)``."""
 
@@ -46,9 +54,22 @@ def serve_fake_upstream(host: str = "127.0.0.1", port: int = 0, threads: int = 2
     """Serves the fake OpenAI upstream until SIGINT/SIGTERM; prints ``LISTENING <port>``."""
 
 @final
+class Bridge:
+    """Delivers engine results to one asyncio event loop (see ``llmux._aio``)."""
+
+    def __new__(cls) -> Bridge: ...
+    @property
+    def fd(self) -> int: ...
+    def drain(self) -> None: ...
+
+@final
+class TaskHandle:
+    def abort(self) -> None: ...
+
+@final
 class NativeStream:
     @property
     def hidden_params(self) -> dict[str, Any]: ...
-    def next_batch(self) -> Optional[list[tuple[dict[str, Any], Optional[dict[str, Any]]]]]: ...
-    def anext_batch(self) -> Awaitable[Optional[list[tuple[dict[str, Any], Optional[dict[str, Any]]]]]]: ...
+    def next_batch(self) -> Optional[_Batch]: ...
+    def anext_batch(self, bridge: Bridge, fut: Any) -> TaskHandle: ...
     def close(self) -> None: ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Optional
 
+from ._aio import run as _run
 from .types import ModelResponseStream
 
 __all__ = ["CustomStreamWrapper"]
@@ -19,10 +20,11 @@ __all__ = ["CustomStreamWrapper"]
 class CustomStreamWrapper:
     __slots__ = ("_native", "_buf", "_done", "model", "custom_llm_provider", "_hidden_params", "chunks")
 
-    def __init__(self, native: Any, model: str) -> None:
+    def __init__(self, native: Any, model: str, first: Optional[list] = None) -> None:
         self._native = native
-        self._buf: deque = deque()
-        self._done = False
+        # Items are (chunk, hidden_usage) pairs; a None item marks the end of the stream.
+        self._buf: deque = deque(first or ())
+        self._done = first is None
         self.model = model
         self._hidden_params: dict = native.hidden_params
         self.custom_llm_provider: Optional[str] = self._hidden_params.get("custom_llm_provider")
@@ -51,7 +53,11 @@ class CustomStreamWrapper:
                 self._done = True
                 raise StopIteration
             buf.extend(batch)
-        return self._wrap(buf.popleft())
+        item = buf.popleft()
+        if item is None:
+            self._done = True
+            raise StopIteration
+        return self._wrap(item)
 
     # async iteration
     def __aiter__(self) -> CustomStreamWrapper:
@@ -62,17 +68,22 @@ class CustomStreamWrapper:
         if not buf:
             if self._done:
                 raise StopAsyncIteration
-            batch = await self._native.anext_batch()
+            batch = await _run(self._native.anext_batch)
             if batch is None:
                 self._done = True
                 raise StopAsyncIteration
             buf.extend(batch)
-        return self._wrap(buf.popleft())
+        item = buf.popleft()
+        if item is None:
+            self._done = True
+            raise StopAsyncIteration
+        return self._wrap(item)
 
     def close(self) -> None:
         """Stop reading and close the upstream connection."""
         self._done = True
         self._buf.clear()
+        self._buf.append(None)
         self._native.close()
 
     async def aclose(self) -> None:

@@ -5,10 +5,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use serde_json::Value;
 
+use super::bridge::{submit, Bridge, Outcome, TaskHandle};
 use super::convert::{hidden, messages, split_kwargs, to_py};
 use super::errors::to_pyerr;
 use super::runtime::block_on;
-use super::stream::NativeStream;
+use super::stream;
 use crate::error::Result;
 use crate::pipeline::{self, CallOptions, Completed};
 use crate::types::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
@@ -58,34 +59,33 @@ pub fn completion<'py>(
     unary_result(py, r, &model)
 }
 
-/// A finished call carried back into Python by the async bridge.
+/// A finished call carried back into Python by the asyncio bridge.
 pub struct Unary<T>(Result<Completed<T>>, String);
 
-impl<'py, T: serde::Serialize> IntoPyObject<'py> for Unary<T> {
-    type Target = PyTuple;
-    type Output = Bound<'py, PyTuple>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
-        unary_result(py, self.0, &self.1)
+impl<T: serde::Serialize + Send + 'static> Outcome for Unary<T> {
+    fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(unary_result(py, self.0, &self.1)?.into_any().unbind())
     }
 }
 
+/// Starts a chat completion; `fut` (an asyncio future) gets `(response, hidden)`.
 #[pyfunction]
-#[pyo3(signature = (model, messages, kwargs=None))]
+#[pyo3(signature = (bridge, fut, model, messages, kwargs=None))]
 pub fn acompletion<'py>(
-    py: Python<'py>,
+    bridge: &Bound<'py, Bridge>,
+    fut: Py<PyAny>,
     model: String,
     messages: &Bound<'py, PyAny>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> PyResult<TaskHandle> {
     let (req, opts) = chat_args(model.clone(), messages, kwargs)?;
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+    submit(bridge, fut, async move {
         let r: Result<Completed<ChatCompletion>> = pipeline::completion(req, &opts).await;
-        Ok(Unary(r, model))
+        Unary(r, model)
     })
 }
 
+/// Opens a chat stream (blocking, GIL released): `(NativeStream, first_batch)`.
 #[pyfunction]
 #[pyo3(signature = (model, messages, kwargs=None))]
 pub fn completion_stream<'py>(
@@ -93,49 +93,27 @@ pub fn completion_stream<'py>(
     model: String,
     messages: &Bound<'py, PyAny>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<NativeStream> {
+) -> PyResult<Bound<'py, PyTuple>> {
     let (req, opts) = chat_args(model.clone(), messages, kwargs)?;
-    let opened = block_on(
-        py,
-        async move { pipeline::completion_stream(req, &opts).await },
-    )?;
-    match opened {
-        Ok((stream, meta)) => NativeStream::new(py, stream, &meta, &model),
-        Err(e) => Err(to_pyerr(py, e)),
-    }
+    let r = block_on(py, async move {
+        stream::open(pipeline::completion_stream(req, &opts).await, model).await
+    })?;
+    stream::opened_to_py(py, r)
 }
 
-/// An opened stream carried back into Python by the async bridge.
-pub struct Opened(
-    Result<(crate::streaming::ChatStream, pipeline::CallMeta)>,
-    String,
-);
-
-impl<'py> IntoPyObject<'py> for Opened {
-    type Target = NativeStream;
-    type Output = Bound<'py, NativeStream>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
-        match self.0 {
-            Ok((stream, meta)) => Bound::new(py, NativeStream::new(py, stream, &meta, &self.1)?),
-            Err(e) => Err(to_pyerr(py, e)),
-        }
-    }
-}
-
+/// Opens a chat stream; `fut` gets `(NativeStream, first_batch)`.
 #[pyfunction]
-#[pyo3(signature = (model, messages, kwargs=None))]
+#[pyo3(signature = (bridge, fut, model, messages, kwargs=None))]
 pub fn acompletion_stream<'py>(
-    py: Python<'py>,
+    bridge: &Bound<'py, Bridge>,
+    fut: Py<PyAny>,
     model: String,
     messages: &Bound<'py, PyAny>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> PyResult<TaskHandle> {
     let (req, opts) = chat_args(model.clone(), messages, kwargs)?;
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
-        let r = pipeline::completion_stream(req, &opts).await;
-        Ok(Opened(r, model))
+    submit(bridge, fut, async move {
+        stream::open(pipeline::completion_stream(req, &opts).await, model).await
     })
 }
 
@@ -173,17 +151,19 @@ pub fn embedding<'py>(
     unary_result(py, r, &model)
 }
 
+/// Starts an embedding call; `fut` gets `(response, hidden)`.
 #[pyfunction]
-#[pyo3(signature = (model, input, kwargs=None))]
+#[pyo3(signature = (bridge, fut, model, input, kwargs=None))]
 pub fn aembedding<'py>(
-    py: Python<'py>,
+    bridge: &Bound<'py, Bridge>,
+    fut: Py<PyAny>,
     model: String,
     input: &Bound<'py, PyAny>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> PyResult<TaskHandle> {
     let (req, opts) = embedding_args(model.clone(), input, kwargs)?;
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+    submit(bridge, fut, async move {
         let r: Result<Completed<EmbeddingResponse>> = pipeline::embedding(req, &opts).await;
-        Ok(Unary(r, model))
+        Unary(r, model)
     })
 }

@@ -5,6 +5,7 @@
 //! as plain dicts in OpenAI's wire shape; `python/llmux/types.py` wraps them lazily in
 //! LiteLLM-shaped objects. Errors become the LiteLLM exception classes (see `errors.rs`).
 
+mod bridge;
 mod completion;
 mod convert;
 mod errors;
@@ -26,5 +27,7 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(errors::error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(testing::serve_fake_upstream, m)?)?;
     m.add_class::<stream::NativeStream>()?;
+    m.add_class::<bridge::Bridge>()?;
+    m.add_class::<bridge::TaskHandle>()?;
     Ok(())
 }

@@ -1,9 +1,13 @@
 //! `NativeStream`: a chat stream pulled from Python, sync or async, in batches.
 //!
 //! Each pull waits for one chunk, then takes every chunk already buffered without waiting
-//! (up to a cap), so a fast upstream costs one FFI crossing for many chunks. Closing the
-//! stream, dropping it, or cancelling the awaiting asyncio task drops the Rust stream and with
-//! it the HTTP connection.
+//! (up to a cap), so a fast upstream costs one crossing into Rust for many chunks. A batch
+//! that reaches the end of the stream says so (a trailing `None`), which saves the pull that
+//! would only learn it. Opening a stream also pulls its first batch, so a stream that fails
+//! before its first chunk fails at open, where it can still be retried.
+//!
+//! Closing the stream, dropping it, or cancelling the awaiting asyncio task drops the Rust
+//! stream and with it the HTTP connection.
 
 use std::sync::Arc;
 
@@ -12,10 +16,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use tokio::sync::Mutex;
 
+use super::bridge::{submit, Bridge, Outcome, TaskHandle};
 use super::convert::{hidden, to_py};
 use super::errors::to_pyerr;
 use super::runtime::block_on;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::pipeline::CallMeta;
 use crate::streaming::{ChatStream, StreamItem};
 
@@ -27,13 +32,16 @@ struct State {
     pending: Option<Error>,
 }
 
+type Shared = Arc<Mutex<State>>;
+
 enum Batch {
-    Items(Vec<StreamItem>),
+    /// Chunks, and whether the stream ended cleanly right after them.
+    Items(Vec<StreamItem>, bool),
     End,
     Failed(Error),
 }
 
-async fn pull(state: Arc<Mutex<State>>) -> Batch {
+async fn pull(state: Shared) -> Batch {
     let mut st = state.lock().await;
     if let Some(e) = st.pending.take() {
         return Batch::Failed(e);
@@ -53,6 +61,7 @@ async fn pull(state: Arc<Mutex<State>>) -> Batch {
         }
         Some(Ok(item)) => items.push(item),
     }
+    let mut ended = false;
     while items.len() < MAX_BATCH {
         match stream.next().now_or_never() {
             Some(Some(Ok(item))) => items.push(item),
@@ -63,19 +72,20 @@ async fn pull(state: Arc<Mutex<State>>) -> Batch {
             }
             Some(None) => {
                 st.stream = None;
+                ended = true;
                 break;
             }
             None => break,
         }
     }
-    Batch::Items(items)
+    Batch::Items(items, ended)
 }
 
 fn batch_to_py(py: Python<'_>, b: Batch) -> PyResult<Option<Bound<'_, PyList>>> {
     match b {
         Batch::End => Ok(None),
         Batch::Failed(e) => Err(to_pyerr(py, e)),
-        Batch::Items(items) => {
+        Batch::Items(items, ended) => {
             let list = PyList::empty(py);
             for it in items {
                 let usage = match &it.hidden_usage {
@@ -84,52 +94,81 @@ fn batch_to_py(py: Python<'_>, b: Batch) -> PyResult<Option<Bound<'_, PyList>>> 
                 };
                 list.append(PyTuple::new(py, [to_py(py, &it.chunk)?, usage])?)?;
             }
+            if ended {
+                list.append(py.None())?;
+            }
             Ok(Some(list))
         }
     }
 }
 
-struct PyBatch(Batch);
-
-impl<'py> IntoPyObject<'py> for PyBatch {
-    type Target = PyAny;
-    type Output = Bound<'py, PyAny>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
-        Ok(match batch_to_py(py, self.0)? {
-            Some(l) => l.into_any(),
-            None => py.None().into_bound(py),
+impl Outcome for Batch {
+    fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match batch_to_py(py, *self)? {
+            Some(l) => l.into_any().unbind(),
+            None => py.None(),
         })
+    }
+}
+
+/// A stream opened and its first batch pulled, ready to hand to Python.
+pub struct Opened {
+    state: Shared,
+    first: Batch,
+    meta: CallMeta,
+    caller_model: String,
+}
+
+/// Opens the stream through the pipeline and pulls its first batch.
+pub async fn open(opened: Result<(ChatStream, CallMeta)>, caller_model: String) -> Result<Opened> {
+    let (stream, meta) = opened?;
+    let state = Arc::new(Mutex::new(State {
+        stream: Some(stream),
+        pending: None,
+    }));
+    match pull(state.clone()).await {
+        Batch::Failed(e) => Err(e),
+        first => Ok(Opened {
+            state,
+            first,
+            meta,
+            caller_model,
+        }),
+    }
+}
+
+/// `(NativeStream, first_batch)` for Python.
+pub fn opened_to_py(py: Python<'_>, r: Result<Opened>) -> PyResult<Bound<'_, PyTuple>> {
+    let o = r.map_err(|e| to_pyerr(py, e))?;
+    let h = hidden(py, &o.meta, &o.caller_model)?;
+    h.set_item(
+        "_response_ms",
+        o.meta.started.elapsed().as_secs_f64() * 1000.0,
+    )?;
+    let native = Bound::new(
+        py,
+        NativeStream {
+            state: o.state,
+            hidden: h.unbind(),
+        },
+    )?;
+    let first = match batch_to_py(py, o.first)? {
+        Some(l) => l.into_any(),
+        None => py.None().into_bound(py),
+    };
+    PyTuple::new(py, [native.into_any(), first])
+}
+
+impl Outcome for Result<Opened> {
+    fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(opened_to_py(py, *self)?.into_any().unbind())
     }
 }
 
 #[pyclass(module = "llmux._llmux", frozen)]
 pub struct NativeStream {
-    state: Arc<Mutex<State>>,
+    state: Shared,
     hidden: Py<PyDict>,
-}
-
-impl NativeStream {
-    pub fn new(
-        py: Python<'_>,
-        stream: ChatStream,
-        meta: &CallMeta,
-        caller_model: &str,
-    ) -> PyResult<Self> {
-        let h = hidden(py, meta, caller_model)?;
-        h.set_item(
-            "_response_ms",
-            meta.started.elapsed().as_secs_f64() * 1000.0,
-        )?;
-        Ok(NativeStream {
-            state: Arc::new(Mutex::new(State {
-                stream: Some(stream),
-                pending: None,
-            })),
-            hidden: h.unbind(),
-        })
-    }
 }
 
 #[pymethods]
@@ -141,27 +180,23 @@ impl NativeStream {
     }
 
     /// Blocks (without the GIL) for the next chunks: a list of `(chunk, hidden_usage)` pairs,
-    /// or `None` at the end.
+    /// ending with `None` when the stream ended with them; `None` alone at the end.
     fn next_batch<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
         let b = block_on(py, pull(self.state.clone()))?;
         batch_to_py(py, b)
     }
 
-    /// Awaitable form of `next_batch`.
-    fn anext_batch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let state = self.state.clone();
-        pyo3_async_runtimes::tokio::future_into_py(
-            py,
-            async move { Ok(PyBatch(pull(state).await)) },
-        )
+    /// Async form of `next_batch`: `fut` (an asyncio future) gets the batch.
+    fn anext_batch(&self, bridge: &Bound<'_, Bridge>, fut: Py<PyAny>) -> PyResult<TaskHandle> {
+        submit(bridge, fut, pull(self.state.clone()))
     }
 
     /// Ends the stream now and closes its connection. Idempotent.
     fn close(&self, py: Python<'_>) {
         let state = self.state.clone();
         py.detach(|| {
-            // If a pull is in flight, it holds the lock; dropping its task (cancellation)
-            // releases it. Otherwise drop the stream here.
+            // A pull in flight holds the lock; cancelling it (its task is aborted) releases
+            // it, and the spawned task then drops the stream.
             let dropped_here = match state.try_lock() {
                 Ok(mut st) => {
                     st.stream = None;
@@ -170,9 +205,11 @@ impl NativeStream {
                 Err(_) => false,
             };
             if !dropped_here {
-                super::runtime::runtime().spawn(async move {
-                    state.lock().await.stream = None;
-                });
+                if let Ok(rt) = super::runtime::runtime() {
+                    rt.spawn(async move {
+                        state.lock().await.stream = None;
+                    });
+                }
             }
         });
     }
