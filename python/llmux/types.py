@@ -1000,6 +1000,16 @@ class Delta(_Base):
 
     @classmethod
     def _normalize(cls, w: dict) -> dict:
+        if len(w) == 1 and "content" in w:
+            # The common streamed delta: text only.
+            return {
+                "content": w["content"],
+                "role": None,
+                "function_call": None,
+                "tool_calls": None,
+                "audio": None,
+                "refusal": None,
+            }
         out: Dict[str, Any] = {
             "content": w.get("content"),
             "role": w.get("role"),
@@ -1303,3 +1313,66 @@ _CLASSES: Dict[str, Any] = {
         EmbeddingResponse,
     )
 }
+
+
+class _Field:
+    """A data descriptor for a hot field: the same result as ``_Base.__getattr__`` without the
+    failed normal lookup that precedes every ``__getattr__`` call (several times cheaper on
+    paths like ``chunk.choices[0].delta.content``)."""
+
+    __slots__ = ("name", "spec", "none")
+
+    def __init__(self, name: str, spec: Any, none: bool) -> None:
+        self.name = name
+        self.spec = spec
+        self.none = none
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        d = obj._d
+        try:
+            v = d[self.name]
+        except KeyError:
+            if self.none:
+                return None
+            raise AttributeError(f"'{type(obj).__name__}' object has no attribute '{self.name}'") from None
+        spec = self.spec
+        if spec is None or v is None:
+            return v
+        wcls = _CLASSES[spec[0]]
+        if spec[1]:
+            if v and type(v[0]) is not wcls:
+                v = [wcls._wrap(_as_dict(x)) if not isinstance(x, wcls) else x for x in v]
+                d[self.name] = v
+        elif not isinstance(v, wcls):
+            v = wcls._wrap(_as_dict(v))
+            d[self.name] = v
+        return v
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__setattr__(self.name, value)
+
+    def __delete__(self, obj: Any) -> None:
+        obj.__delattr__(self.name)
+
+
+_HOT_FIELDS: Dict[str, tuple] = {
+    "ModelResponse": ("id", "created", "model", "object", "system_fingerprint", "choices", "usage"),
+    "Choices": ("finish_reason", "index", "message"),
+    "Message": ("content", "role", "tool_calls", "function_call"),
+    "ModelResponseStream": ("id", "created", "model", "object", "system_fingerprint", "choices", "usage"),
+    "StreamingChoices": ("finish_reason", "index", "delta"),
+    "Delta": ("content", "role", "tool_calls", "function_call"),
+    "ChatCompletionMessageToolCall": ("id", "type", "function"),
+    "ChatCompletionDeltaToolCall": ("index", "id", "type", "function"),
+    "Function": ("name", "arguments"),
+    "Usage": ("prompt_tokens", "completion_tokens", "total_tokens"),
+}
+
+for _cls_name, _fields in _HOT_FIELDS.items():
+    _cls = _CLASSES[_cls_name]
+    for _f in _fields:
+        if not hasattr(_cls, _f):
+            setattr(_cls, _f, _Field(_f, _cls._NESTED.get(_f), _f in _cls._NONE_ATTRS))
+del _cls_name, _fields, _cls, _f
