@@ -330,3 +330,30 @@ def test_concurrent_sync_threads(fake, key):
     for t in threads:
         t.join()
     assert len(out) == 40 and fake.stats(key)["completed"] == 40
+
+
+def test_event_loops_in_several_threads(fake, key):
+    """Each thread's loop gets its own engine bridge; results never cross loops."""
+    results: dict = {}
+
+    async def many(tag: str) -> None:
+        rs = await asyncio.gather(
+            *[
+                llmux.acompletion(
+                    model="gpt-4o-mini", messages=MSGS, api_base=fake.base_url, extra_headers=hdr(key)
+                )
+                for _ in range(100)
+            ]
+        )
+        s = await llmux.acompletion(model="gpt-4o-mini", messages=MSGS, api_base=fake.base_url, stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in s])
+        results[tag] = (len(rs), text, threading.get_ident())
+
+    threads = [threading.Thread(target=lambda t=t: asyncio.run(many(t))) for t in "abcd"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["a", "b", "c", "d"]
+    assert all(n == 100 and text == DEFAULT_REPLY for n, text, _ in results.values())
+    assert fake.stats(key)["completed"] == 400

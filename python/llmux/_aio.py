@@ -20,19 +20,23 @@ if TYPE_CHECKING:
 __all__ = ["run"]
 
 _bridges: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_last: list = [None, None]  # (loop, bridge) of the last call: the common case skips the dict
+# (loop, bridge) of the last call, replaced as one tuple so that threads running their own
+# loops never see one loop paired with another's bridge.
+_last: tuple = (None, None)
 
 
 def _bridge(loop: asyncio.AbstractEventLoop) -> Any:
-    if _last[0] is loop:
-        return _last[1]
+    global _last
+    last = _last
+    if last[0] is loop:
+        return last[1]
     bridge = _bridges.get(loop)
     if bridge is None:
         bridge = _llmux.Bridge()
         os.set_blocking(bridge.fd, False)
         loop.add_reader(bridge.fd, bridge.drain)
         _bridges[loop] = bridge
-    _last[0], _last[1] = loop, bridge
+    _last = (loop, bridge)
     return bridge
 
 

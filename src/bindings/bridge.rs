@@ -85,22 +85,29 @@ impl Bridge {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
+        // Every future of the batch is resolved even if one of them fails to be: the first
+        // such failure is raised to the loop's exception handler afterwards.
+        let mut first_err: Option<PyErr> = None;
         for done in batch {
             let fut = done.fut.bind(py);
-            if fut
-                .call_method0(pyo3::intern!(py, "cancelled"))?
-                .is_truthy()?
-            {
-                continue;
-            }
-            match done.outcome.into_py(py) {
-                Ok(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,))?,
-                Err(e) => {
-                    fut.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),))?
+            let resolved = (|| -> PyResult<()> {
+                // A cancelled (or otherwise finished) future takes no result.
+                if fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+                    return Ok(());
                 }
-            };
+                match done.outcome.into_py(py) {
+                    Ok(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,))?,
+                    Err(e) => {
+                        fut.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),))?
+                    }
+                };
+                Ok(())
+            })();
+            if let Err(e) = resolved {
+                first_err.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 }
 
