@@ -14,8 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{client, transport_error};
-use crate::providers::openai::{self, PreparedRequest};
-use crate::providers::{resolve, Dialect, Endpoint, Route};
+use crate::providers::{media, resolve, Endpoint, Extras, PreparedRequest, Route};
 use crate::retry::{decide, Backoff, Decision};
 use crate::streaming::ChatStream;
 use crate::types::{
@@ -58,6 +57,8 @@ pub struct CallOptions {
     /// Deadline for the whole call, retries and backoff included.
     pub timeout: Duration,
     pub num_retries: u32,
+    /// Remove parameters the provider cannot take instead of failing.
+    pub drop_params: bool,
     /// Longest silence allowed between two stream chunks (default: `timeout`).
     pub stream_timeout: Option<Duration>,
     pub backoff: Backoff,
@@ -72,6 +73,7 @@ impl Default for CallOptions {
             endpoint: Endpoint::default(),
             timeout: DEFAULT_TIMEOUT,
             num_retries: 0,
+            drop_params: false,
             stream_timeout: None,
             backoff: Backoff::default(),
             extra_headers: Vec::new(),
@@ -193,9 +195,7 @@ async fn send(
     }
     let headers = resp.headers().clone();
     let body = read_capped(resp, 64 * 1024).await;
-    Err(match route.dialect {
-        Dialect::OpenAi => openai::parse_error(route, status, &headers, &body),
-    })
+    Err(route.dialect.parse_error(route, status, &headers, &body))
 }
 
 /// Reads at most `cap` bytes of an error body; a body that fails midway keeps what arrived.
@@ -297,21 +297,53 @@ fn mock_chunks(req: &ChatRequest, text: &str) -> Vec<ChatChunk> {
     out
 }
 
+fn extras(opts: &CallOptions) -> Extras<'_> {
+    Extras {
+        headers: &opts.extra_headers,
+        body: opts.extra_body.as_ref(),
+    }
+}
+
+/// OpenAI parameters the route's dialect cannot express: dropped with `drop_params`, else an
+/// `unsupported_params` error naming them (LiteLLM's `UnsupportedParamsError`).
+fn check_params(route: &Route, req: &mut ChatRequest, drop: bool) -> Result<()> {
+    let unsupported = route.dialect.unsupported_params();
+    let found: Vec<String> = req
+        .params
+        .keys()
+        .filter(|k| unsupported.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    if drop {
+        for k in &found {
+            req.params.remove(k);
+        }
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::UnsupportedParams,
+        format!(
+            "{} does not support parameters: {:?}, for model={}. To drop these, pass drop_params=True \
+             (or set llmux.drop_params = True).",
+            route.provider, found, route.model
+        ),
+    ))
+}
+
 fn prepare_chat(
     route: &Route,
-    req: &ChatRequest,
+    req: &mut ChatRequest,
     stream: bool,
     opts: &CallOptions,
 ) -> Result<PreparedRequest> {
-    match route.dialect {
-        Dialect::OpenAi => openai::chat_request(
-            route,
-            req,
-            stream,
-            &opts.extra_headers,
-            opts.extra_body.as_ref(),
-        ),
-    }
+    validate(req)?;
+    check_params(route, req, opts.drop_params)?;
+    route
+        .dialect
+        .chat_request(route, req, stream, &extras(opts))
 }
 
 fn validate(req: &ChatRequest) -> Result<()> {
@@ -349,8 +381,13 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
     }
     let route =
         resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
-    validate(&req).map_err(|e| e.with_context(route.provider, &route.model))?;
-    let prepared = prepare_chat(&route, &req, false, opts)
+    let mut req = req;
+    if route.dialect.needs_inline_images() {
+        media::inline_remote_images(&mut req.messages)
+            .await
+            .map_err(|e| e.with_context(route.provider, &route.model))?;
+    }
+    let prepared = prepare_chat(&route, &mut req, false, opts)
         .map_err(|e| e.with_context(route.provider, &route.model))?;
     let result = with_retries(opts, started, || async {
         let resp = send(&route, &prepared, Some(remaining(started, opts))).await?;
@@ -358,9 +395,7 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
             .bytes()
             .await
             .map_err(|e| transport_error(&e, &route.api_base))?;
-        match route.dialect {
-            Dialect::OpenAi => openai::parse_chat(&route, &body),
-        }
+        route.dialect.parse_chat(&route, &body)
     })
     .await;
     match result {
@@ -399,8 +434,13 @@ pub async fn completion_stream(
     }
     let route =
         resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
-    validate(&req).map_err(|e| e.with_context(route.provider, &route.model))?;
-    let prepared = prepare_chat(&route, &req, true, opts)
+    let mut req = req;
+    if route.dialect.needs_inline_images() {
+        media::inline_remote_images(&mut req.messages)
+            .await
+            .map_err(|e| e.with_context(route.provider, &route.model))?;
+    }
+    let prepared = prepare_chat(&route, &mut req, true, opts)
         .map_err(|e| e.with_context(route.provider, &route.model))?;
     let show_usage = req
         .params
@@ -432,21 +472,17 @@ pub async fn embedding(
     let started = Instant::now();
     let route =
         resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
-    let prepared = match route.dialect {
-        Dialect::OpenAi => {
-            openai::embedding_request(&route, &req, &opts.extra_headers, opts.extra_body.as_ref())
-        }
-    }
-    .map_err(|e| e.with_context(route.provider, &route.model))?;
+    let prepared = route
+        .dialect
+        .embedding_request(&route, &req, &extras(opts))
+        .map_err(|e| e.with_context(route.provider, &route.model))?;
     let result = with_retries(opts, started, || async {
         let resp = send(&route, &prepared, Some(remaining(started, opts))).await?;
         let body = resp
             .bytes()
             .await
             .map_err(|e| transport_error(&e, &route.api_base))?;
-        match route.dialect {
-            Dialect::OpenAi => openai::parse_embedding(&route, &body),
-        }
+        route.dialect.parse_embedding(&route, &body)
     })
     .await;
     match result {

@@ -38,8 +38,6 @@ const CONSUMED: &[&str] = &[
     "output_cost_per_token",
     "base_model",
     "no-log",
-    "api_version",
-    "drop_params",
 ];
 
 fn type_err(key: &str, want: &str) -> PyErr {
@@ -134,6 +132,19 @@ pub fn split_kwargs(
             }
             "api_key" => opts.endpoint.api_key = opt_string(&v, key)?.map(Secret::new),
             "custom_llm_provider" => opts.endpoint.custom_llm_provider = opt_string(&v, key)?,
+            "api_version" => opts.endpoint.api_version = opt_string(&v, key)?,
+            "azure_ad_token" => {
+                opts.endpoint.azure_ad_token = opt_string(&v, key)?.map(Secret::new)
+            }
+            "aws_access_key_id" => opts.endpoint.aws_access_key_id = opt_string(&v, key)?,
+            "aws_secret_access_key" => {
+                opts.endpoint.aws_secret_access_key = opt_string(&v, key)?.map(Secret::new)
+            }
+            "aws_session_token" => {
+                opts.endpoint.aws_session_token = opt_string(&v, key)?.map(Secret::new)
+            }
+            "aws_region_name" => opts.endpoint.aws_region_name = opt_string(&v, key)?,
+            "drop_params" => opts.drop_params = !v.is_none() && v.is_truthy()?,
             "organization" => opts.endpoint.organization = opt_string(&v, key)?,
             "timeout" | "request_timeout" => {
                 if let Some(t) = seconds(&v, key)? {

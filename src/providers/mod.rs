@@ -6,12 +6,90 @@
 //! requests and parse its answers, stream events and error bodies, and nothing about routing
 //! or retries. Keys are held in [`Secret`], which never prints.
 
+pub mod anthropic;
+pub mod azure;
+pub mod bedrock;
+pub mod gemini;
+pub mod media;
 pub mod openai;
 pub mod openai_compat;
 
 use std::fmt;
 
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
+use serde_json::{Map, Value};
+
 use crate::error::{Error, ErrorKind, Result};
+use crate::streaming::StreamDecoder;
+use crate::types::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
+
+/// An HTTP request ready to send.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the caller adds to every request: `extra_headers` and `extra_body`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    pub headers: &'a [(String, String)],
+    pub body: Option<&'a Map<String, Value>>,
+}
+
+/// One wire dialect. Implementations know formats, not routing or retries.
+pub trait Provider: Send + Sync + fmt::Debug + 'static {
+    /// OpenAI parameters this dialect cannot express. A call that uses one fails with
+    /// `unsupported_params`, or has it removed with `drop_params`. Keys that are not OpenAI
+    /// parameters are passed to the provider as they are (provider-specific options).
+    fn unsupported_params(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Whether http(s) image URLs in messages must be fetched and sent as bytes (the
+    /// pipeline does it with [`media::inline_remote_images`] before `chat_request`, so the
+    /// dialect then sees only `data:` URLs).
+    fn needs_inline_images(&self) -> bool {
+        false
+    }
+
+    fn chat_request(
+        &self,
+        route: &Route,
+        req: &ChatRequest,
+        stream: bool,
+        x: &Extras<'_>,
+    ) -> Result<PreparedRequest>;
+
+    fn parse_chat(&self, route: &Route, body: &[u8]) -> Result<ChatCompletion>;
+
+    /// A fresh decoder for one streamed response body.
+    fn stream_decoder(&self, route: &Route) -> Box<dyn StreamDecoder>;
+
+    /// Classifies a non-2xx answer.
+    fn parse_error(&self, route: &Route, status: u16, headers: &HeaderMap, body: &[u8]) -> Error;
+
+    fn embedding_request(
+        &self,
+        route: &Route,
+        _req: &EmbeddingRequest,
+        _x: &Extras<'_>,
+    ) -> Result<PreparedRequest> {
+        Err(Error::bad_request(format!(
+            "provider '{}' has no embeddings endpoint",
+            route.provider
+        )))
+    }
+
+    fn parse_embedding(&self, route: &Route, _body: &[u8]) -> Result<EmbeddingResponse> {
+        Err(Error::bad_request(format!(
+            "provider '{}' has no embeddings endpoint",
+            route.provider
+        )))
+    }
+}
 
 /// A credential. `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -39,59 +117,105 @@ impl fmt::Display for Secret {
     }
 }
 
-/// The wire format a route speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// OpenAI's Chat Completions and Embeddings API, and every vendor that copies it.
-    OpenAi,
+/// AWS credentials for SigV4 (Bedrock).
+#[derive(Debug, Clone)]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+    pub region: String,
 }
 
 /// Where and how one call goes upstream.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub dialect: Dialect,
-    /// The provider prefix (`openai`, `deepseek`, ...), reported as `llm_provider`.
+    /// The dialect that builds requests and reads answers.
+    pub dialect: &'static dyn Provider,
+    /// The provider prefix (`openai`, `deepseek`, `azure`, ...), reported as `llm_provider`.
     pub provider: &'static str,
     /// Used in error messages: `OpenAIException - ...`.
     pub display: &'static str,
-    /// The model name sent upstream (the caller's name without the provider prefix).
+    /// The model (or Azure deployment) sent upstream: the caller's name without the prefix.
     pub model: String,
     /// Base URL without a trailing slash.
     pub api_base: String,
     pub api_key: Option<Secret>,
     pub organization: Option<String>,
+    /// Azure's `api-version`.
+    pub api_version: Option<String>,
+    /// Azure AD bearer token, used when no key is given.
+    pub azure_ad_token: Option<Secret>,
+    pub aws: Option<AwsCredentials>,
     /// Ask the upstream for a usage chunk at the end of streams.
     pub stream_usage: bool,
 }
 
-/// What the caller said about where to send the request.
+impl Route {
+    /// A route with the common fields; dialect-specific ones start empty.
+    pub fn new(
+        dialect: &'static dyn Provider,
+        provider: &'static str,
+        display: &'static str,
+        model: &str,
+        api_base: String,
+    ) -> Self {
+        Route {
+            dialect,
+            provider,
+            display,
+            model: model.to_owned(),
+            api_base: api_base.trim_end_matches('/').to_owned(),
+            api_key: None,
+            organization: None,
+            api_version: None,
+            azure_ad_token: None,
+            aws: None,
+            stream_usage: true,
+        }
+    }
+}
+
+/// What the caller said about where to send the request and with which credentials.
 #[derive(Debug, Clone, Default)]
 pub struct Endpoint {
     pub api_base: Option<String>,
     pub api_key: Option<Secret>,
     pub custom_llm_provider: Option<String>,
     pub organization: Option<String>,
+    pub api_version: Option<String>,
+    pub azure_ad_token: Option<Secret>,
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<Secret>,
+    pub aws_session_token: Option<Secret>,
+    pub aws_region_name: Option<String>,
 }
 
 /// Prefixes LiteLLM knows whose native dialect LLMux does not speak yet.
-const NATIVE_NOT_YET: &[&str] = &[
-    "anthropic",
-    "azure",
-    "azure_ai",
-    "gemini",
-    "vertex_ai",
-    "bedrock",
-    "cohere",
-];
+const NATIVE_NOT_YET: &[&str] = &["azure_ai", "vertex_ai", "cohere"];
 
-fn env_first(names: &[&str]) -> Option<String> {
+/// Prefixes with a native dialect module; each has an arm in [`native_route`].
+const NATIVE: &[&str] = &["anthropic", "azure", "bedrock", "gemini"];
+
+/// The route of a provider with its own dialect, or `None` for OpenAI-compatible vendors.
+fn native_route(prefix: &str, model: &str, ep: &Endpoint) -> Option<Result<Route>> {
+    match prefix {
+        "anthropic" => Some(anthropic::route(model, ep)),
+        "azure" => Some(azure::route(model, ep)),
+        "bedrock" => Some(bedrock::route(model, ep)),
+        "gemini" => Some(gemini::route(model, ep)),
+        _ => None,
+    }
+}
+
+/// The first of these environment variables that is set and not empty.
+pub fn env_first(names: &[&str]) -> Option<String> {
     names
         .iter()
         .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
 }
 
 /// Resolves `os.environ/NAME` references, as LiteLLM does for keys and bases.
-fn deref_env(value: &str) -> Result<String> {
+pub fn deref_env(value: &str) -> Result<String> {
     match value.strip_prefix("os.environ/") {
         Some(name) => std::env::var(name).map_err(|_| {
             Error::new(
@@ -118,7 +242,9 @@ pub fn resolve(model: &str, ep: &Endpoint) -> Result<Route> {
         ),
         None => match model.split_once('/') {
             Some((p, rest))
-                if openai_compat::vendor(p).is_some() || NATIVE_NOT_YET.contains(&p) =>
+                if openai_compat::vendor(p).is_some()
+                    || NATIVE.contains(&p)
+                    || NATIVE_NOT_YET.contains(&p) =>
             {
                 (p, rest)
             }
@@ -141,6 +267,9 @@ pub fn resolve(model: &str, ep: &Endpoint) -> Result<Route> {
             "model name is empty in '{model}'"
         )));
     }
+    if let Some(route) = native_route(prefix, upstream_model, ep) {
+        return route;
+    }
     let vendor = match openai_compat::vendor(prefix) {
         Some(v) => v,
         None if NATIVE_NOT_YET.contains(&prefix) => {
@@ -160,18 +289,58 @@ pub fn resolve(model: &str, ep: &Endpoint) -> Result<Route> {
         }
     };
 
+    let api_base = base_url(
+        prefix,
+        ep,
+        vendor.base_env,
+        vendor.default_base,
+        vendor.base_suffix,
+    )?;
+    let api_key = api_key(ep, vendor.key_env)?;
+    if api_key.is_none() && vendor.key_required {
+        return Err(missing_key(prefix, model, vendor.key_env));
+    }
+
+    let mut route = Route::new(
+        &openai::OpenAi,
+        vendor.prefix,
+        vendor.display,
+        upstream_model,
+        api_base,
+    );
+    route.api_key = api_key;
+    route.organization = ep.organization.clone().or_else(|| {
+        if vendor.prefix == "openai" {
+            env_first(&["OPENAI_ORGANIZATION"])
+        } else {
+            None
+        }
+    });
+    route.stream_usage = vendor.stream_usage;
+    Ok(route)
+}
+
+/// The base URL: the call's `api_base`, else the first set variable of `env` (with `suffix`
+/// appended when missing), else `default`; it must be an http(s) URL.
+pub fn base_url(
+    prefix: &str,
+    ep: &Endpoint,
+    env: &[&str],
+    default: Option<&str>,
+    suffix: Option<&str>,
+) -> Result<String> {
     let api_base = match ep.api_base.as_deref() {
         Some(b) => deref_env(b)?,
-        None => match env_first(vendor.base_env) {
-            Some(b) => with_suffix(&b, vendor.base_suffix),
-            None => match vendor.default_base {
+        None => match env_first(env) {
+            Some(b) => with_suffix(&b, suffix),
+            None => match default {
                 Some(b) => b.to_owned(),
                 None => {
                     return Err(Error::new(
                         ErrorKind::InvalidConfig,
                         format!(
                             "provider '{prefix}' has no default endpoint: pass api_base or set {}",
-                            vendor.base_env.join(" / ")
+                            env.join(" / ")
                         ),
                     ));
                 }
@@ -185,38 +354,27 @@ pub fn resolve(model: &str, ep: &Endpoint) -> Result<Route> {
             format!("api_base must be an http(s) URL, got '{api_base}'"),
         ));
     }
+    Ok(api_base)
+}
 
-    let api_key = match &ep.api_key {
+/// The key: the call's `api_key` (`os.environ/NAME` resolved), else the first set variable.
+pub fn api_key(ep: &Endpoint, env: &[&str]) -> Result<Option<Secret>> {
+    Ok(match &ep.api_key {
         Some(k) => Some(Secret::new(deref_env(k.expose())?)),
-        None => env_first(vendor.key_env).map(Secret::new),
-    };
-    if api_key.is_none() && vendor.key_required {
-        return Err(Error::new(
-            ErrorKind::Authentication,
-            format!(
-                "no API key for provider '{prefix}': pass api_key or set {}",
-                vendor.key_env.join(" / ")
-            ),
-        )
-        .with_context(prefix, model));
-    }
-
-    Ok(Route {
-        dialect: Dialect::OpenAi,
-        provider: vendor.prefix,
-        display: vendor.display,
-        model: upstream_model.to_owned(),
-        api_base,
-        api_key,
-        organization: ep.organization.clone().or_else(|| {
-            if vendor.prefix == "openai" {
-                env_first(&["OPENAI_ORGANIZATION"])
-            } else {
-                None
-            }
-        }),
-        stream_usage: vendor.stream_usage,
+        None => env_first(env).map(Secret::new),
     })
+}
+
+/// The error for a provider that needs a key and has none.
+pub fn missing_key(prefix: &str, model: &str, env: &[&str]) -> Error {
+    Error::new(
+        ErrorKind::Authentication,
+        format!(
+            "no API key for provider '{prefix}': pass api_key or set {}",
+            env.join(" / ")
+        ),
+    )
+    .with_context(prefix, model)
 }
 
 fn with_suffix(base: &str, suffix: Option<&str>) -> String {

@@ -8,41 +8,57 @@
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Map, Value};
 
-use super::Route;
+use bytes::Bytes;
+
+use super::{Extras, PreparedRequest, Provider, Route};
 use crate::error::{Error, ErrorKind, Result};
 use crate::retry::retry_hint;
-use crate::streaming::sse::SseEvent;
+use crate::streaming::sse::{SseEvent, SseParser};
+use crate::streaming::{StreamDecoder, StreamEvent};
 use crate::types::{ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
-
-/// An HTTP request ready to send.
-#[derive(Debug)]
-pub struct PreparedRequest {
-    pub url: String,
-    pub headers: HeaderMap,
-    pub body: bytes::Bytes,
-}
 
 /// Keys LLMux writes itself; a caller's value for them in `params` is not copied twice.
 const OWN_KEYS: &[&str] = &["model", "messages", "stream", "stream_options", "input"];
 
-fn headers(route: &Route, extra: &[(String, String)]) -> Result<HeaderMap> {
-    let mut h = HeaderMap::with_capacity(4 + extra.len());
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+/// `content-type`, the bearer key, the organization and the caller's extra headers.
+pub fn headers(route: &Route, extra: &[(String, String)]) -> Result<HeaderMap> {
+    let mut h = json_headers();
     if let Some(key) = &route.api_key {
-        let mut v = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                "api_key contains characters not allowed in a header",
-            )
-        })?;
-        v.set_sensitive(true);
-        h.insert(AUTHORIZATION, v);
+        h.insert(
+            AUTHORIZATION,
+            sensitive(&format!("Bearer {}", key.expose()))?,
+        );
     }
     if let Some(org) = &route.organization {
         if let Ok(v) = HeaderValue::from_str(org) {
             h.insert("openai-organization", v);
         }
     }
+    apply_extra_headers(&mut h, extra)?;
+    Ok(h)
+}
+
+/// A header value that is never logged.
+pub fn sensitive(value: &str) -> Result<HeaderValue> {
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            "a credential contains characters not allowed in a header",
+        )
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// `content-type: application/json`.
+pub fn json_headers() -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(6);
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h
+}
+
+/// Adds the caller's `extra_headers`; they win over ours (LiteLLM's behaviour).
+pub fn apply_extra_headers(h: &mut HeaderMap, extra: &[(String, String)]) -> Result<()> {
     for (k, v) in extra {
         let name = HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| Error::bad_request(format!("extra_headers: invalid header name '{k}'")))?;
@@ -50,7 +66,7 @@ fn headers(route: &Route, extra: &[(String, String)]) -> Result<HeaderMap> {
             .map_err(|_| Error::bad_request(format!("extra_headers: invalid value for '{k}'")))?;
         h.insert(name, value);
     }
-    Ok(h)
+    Ok(())
 }
 
 fn push_json(out: &mut Vec<u8>, v: &impl serde::Serialize) -> Result<()> {
@@ -85,16 +101,15 @@ fn push_params(
     Ok(())
 }
 
-/// Builds `POST {base}/chat/completions`. When streaming and the vendor supports it, usage is
-/// always requested (`stream_options.include_usage`), whatever the caller asked, so that every
-/// stream can be costed; the pipeline hides the usage chunk from callers who did not ask.
-pub fn chat_request(
+/// The Chat Completions body. When streaming and the vendor supports it, usage is always
+/// requested (`stream_options.include_usage`), whatever the caller asked, so that every stream
+/// can be costed; the pipeline hides the usage chunk from callers who did not ask.
+pub fn chat_body(
     route: &Route,
     req: &ChatRequest,
     stream: bool,
-    extra_headers: &[(String, String)],
     extra_body: Option<&Map<String, Value>>,
-) -> Result<PreparedRequest> {
+) -> Result<Bytes> {
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"model\":");
     push_json(&mut body, &route.model)?;
@@ -114,30 +129,109 @@ pub fn chat_request(
         }
     }
     body.push(b'}');
-    Ok(PreparedRequest {
-        url: format!("{}/chat/completions", route.api_base),
-        headers: headers(route, extra_headers)?,
-        body: body.into(),
-    })
+    Ok(body.into())
 }
 
-pub fn embedding_request(
+/// The Embeddings body.
+pub fn embedding_body(
     route: &Route,
     req: &EmbeddingRequest,
-    extra_headers: &[(String, String)],
     extra_body: Option<&Map<String, Value>>,
-) -> Result<PreparedRequest> {
+) -> Result<Bytes> {
     let mut body = Vec::with_capacity(128);
     body.extend_from_slice(b"{\"model\":");
     push_json(&mut body, &route.model)?;
     push_field(&mut body, "input", &req.input)?;
     push_params(&mut body, &req.params, extra_body)?;
     body.push(b'}');
-    Ok(PreparedRequest {
-        url: format!("{}/embeddings", route.api_base),
-        headers: headers(route, extra_headers)?,
-        body: body.into(),
-    })
+    Ok(body.into())
+}
+
+/// The OpenAI dialect as a [`Provider`]: `{base}/chat/completions`, `{base}/embeddings`,
+/// `Authorization: Bearer`.
+#[derive(Debug)]
+pub struct OpenAi;
+
+impl Provider for OpenAi {
+    fn chat_request(
+        &self,
+        route: &Route,
+        req: &ChatRequest,
+        stream: bool,
+        x: &Extras<'_>,
+    ) -> Result<PreparedRequest> {
+        Ok(PreparedRequest {
+            url: format!("{}/chat/completions", route.api_base),
+            headers: headers(route, x.headers)?,
+            body: chat_body(route, req, stream, x.body)?,
+        })
+    }
+
+    fn parse_chat(&self, route: &Route, body: &[u8]) -> Result<ChatCompletion> {
+        parse_chat(route, body)
+    }
+
+    fn stream_decoder(&self, route: &Route) -> Box<dyn StreamDecoder> {
+        Box::new(SseDecoder::new(route.clone()))
+    }
+
+    fn parse_error(&self, route: &Route, status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
+        parse_error(route, status, headers, body)
+    }
+
+    fn embedding_request(
+        &self,
+        route: &Route,
+        req: &EmbeddingRequest,
+        x: &Extras<'_>,
+    ) -> Result<PreparedRequest> {
+        Ok(PreparedRequest {
+            url: format!("{}/embeddings", route.api_base),
+            headers: headers(route, x.headers)?,
+            body: embedding_body(route, req, x.body)?,
+        })
+    }
+
+    fn parse_embedding(&self, route: &Route, body: &[u8]) -> Result<EmbeddingResponse> {
+        parse_embedding(route, body)
+    }
+}
+
+/// SSE framing plus [`parse_stream_event`]: the stream decoder of the OpenAI dialect.
+pub struct SseDecoder {
+    sse: SseParser,
+    events: Vec<SseEvent>,
+    route: Route,
+}
+
+impl SseDecoder {
+    pub fn new(route: Route) -> Self {
+        SseDecoder {
+            sse: SseParser::new(),
+            events: Vec::new(),
+            route,
+        }
+    }
+
+    fn translate(&mut self, out: &mut Vec<Result<StreamEvent>>) {
+        for ev in self.events.drain(..) {
+            out.push(parse_stream_event(&self.route, &ev));
+        }
+    }
+}
+
+impl StreamDecoder for SseDecoder {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Result<StreamEvent>>) {
+        self.sse.feed(bytes, &mut self.events);
+        self.translate(out);
+    }
+
+    fn finish(&mut self, out: &mut Vec<Result<StreamEvent>>) -> bool {
+        let partial = self.sse.has_partial();
+        self.sse.finish(&mut self.events);
+        self.translate(out);
+        partial
+    }
 }
 
 fn invalid_response(route: &Route, what: &str, e: &serde_json::Error, body: &[u8]) -> Error {
@@ -158,13 +252,6 @@ pub fn parse_chat(route: &Route, body: &[u8]) -> Result<ChatCompletion> {
 pub fn parse_embedding(route: &Route, body: &[u8]) -> Result<EmbeddingResponse> {
     serde_json::from_slice(body)
         .map_err(|e| invalid_response(route, "embedding response", &e, body))
-}
-
-/// One stream event, understood.
-#[derive(Debug)]
-pub enum StreamEvent {
-    Chunk(Box<ChatChunk>),
-    Done,
 }
 
 /// Parses one SSE event of a chat stream. An in-stream `{"error": ...}` event (which OpenAI
@@ -472,14 +559,12 @@ mod tests {
         let mut extra = Map::new();
         extra.insert("temperature".into(), serde_json::json!(0.9));
         extra.insert("vendor_flag".into(), serde_json::json!(true));
-        let p = chat_request(
-            &route(),
-            &req,
-            true,
-            &[("x-test".into(), "1".into())],
-            Some(&extra),
-        )
-        .unwrap();
+        let hdrs = [("x-test".to_string(), "1".to_string())];
+        let x = Extras {
+            headers: &hdrs,
+            body: Some(&extra),
+        };
+        let p = OpenAi.chat_request(&route(), &req, true, &x).unwrap();
         let v: Value = serde_json::from_slice(&p.body).unwrap();
         assert_eq!(v["model"], "gpt-4o");
         assert_eq!(v["temperature"], 0.9);

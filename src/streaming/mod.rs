@@ -18,18 +18,39 @@ use futures_util::{Stream, StreamExt};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::transport_error;
-use crate::providers::{openai, Dialect, Route};
+use crate::providers::Route;
 use crate::types::{ChatChunk, Usage};
-use sse::{SseEvent, SseParser};
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// One understood event of a streamed response.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Chunk(Box<ChatChunk>),
+    /// The stream's own end marker (`[DONE]`, `message_stop`, ...).
+    Done,
+}
+
+/// Turns a dialect's response body, fed in arbitrary pieces, into OpenAI-shaped chunks. Each
+/// provider gives one per stream ([`crate::providers::Provider::stream_decoder`]); it may keep
+/// state across events (ids, tool-call indexes, usage).
+pub trait StreamDecoder: Send {
+    /// Adds bytes; appends every event (or classified error) they complete.
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Result<StreamEvent>>);
+
+    /// The body ended: appends what the remaining bytes complete, and returns whether bytes of
+    /// an unfinished event were left over (the stream was cut mid-event).
+    fn finish(&mut self, out: &mut Vec<Result<StreamEvent>>) -> bool;
+}
 
 enum Source {
     Http {
         body: ByteStream,
-        parser: SseParser,
-        events: VecDeque<SseEvent>,
+        decoder: Box<dyn StreamDecoder>,
+        events: VecDeque<Result<StreamEvent>>,
         route: Box<Route>,
+        /// Set at the end of the body: whether an unfinished event was left over.
+        eof: Option<bool>,
     },
     Canned(VecDeque<ChatChunk>),
 }
@@ -79,12 +100,14 @@ impl ChatStream {
         idle_timeout: Duration,
     ) -> Self {
         let provider = route.provider;
+        let decoder = route.dialect.stream_decoder(&route);
         ChatStream {
             source: Source::Http {
                 body,
-                parser: SseParser::new(),
+                decoder,
                 events: VecDeque::new(),
                 route: Box::new(route),
+                eof: None,
             },
             show_usage_chunk,
             held: None,
@@ -141,24 +164,35 @@ impl ChatStream {
             return Some(Ok(c));
         }
         loop {
-            let (body, parser, events, route) = match &mut self.source {
+            let (body, decoder, events, route, eof) = match &mut self.source {
                 Source::Canned(q) => return q.pop_front().map(Ok),
                 Source::Http {
                     body,
-                    parser,
+                    decoder,
                     events,
                     route,
-                } => (body, parser, events, route),
+                    eof,
+                } => (body, decoder, events, route, eof),
             };
             if let Some(ev) = events.pop_front() {
-                let parsed = match route.dialect {
-                    Dialect::OpenAi => openai::parse_stream_event(route, &ev),
-                };
-                match parsed {
-                    Ok(openai::StreamEvent::Chunk(c)) => return Some(Ok(*c)),
-                    Ok(openai::StreamEvent::Done) => return None,
-                    Err(e) => return Some(Err(e.with_context(route.provider, &self.model))),
+                match ev {
+                    Ok(StreamEvent::Chunk(c)) => return Some(Ok(*c)),
+                    Ok(StreamEvent::Done) => return None,
+                    Err(e) => return Some(Err(e.with_context(route.provider, &route.model))),
                 }
+            }
+            if let Some(partial) = *eof {
+                if self.saw_finish_reason && !partial {
+                    return None;
+                }
+                return Some(Err(Error::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "stream ended before completion after {} chunks (no end marker)",
+                        self.chunks
+                    ),
+                )
+                .with_context(route.provider, &route.model)));
             }
             let read = tokio::time::timeout(self.idle_timeout, body.next()).await;
             let mut buf = Vec::new();
@@ -171,34 +205,18 @@ impl ChatStream {
                             self.idle_timeout, self.chunks
                         ),
                     )
-                    .with_context(route.provider, &self.model)));
+                    .with_context(route.provider, &route.model)));
                 }
-                Ok(Some(Ok(bytes))) => parser.feed(&bytes, &mut buf),
+                Ok(Some(Ok(bytes))) => decoder.feed(&bytes, &mut buf),
                 Ok(Some(Err(e))) => {
                     let mut err = transport_error(&e, &route.api_base);
                     err.message = format!(
                         "stream interrupted after {} chunks: {}",
                         self.chunks, err.message
                     );
-                    return Some(Err(err.with_context(route.provider, &self.model)));
+                    return Some(Err(err.with_context(route.provider, &route.model)));
                 }
-                Ok(None) => {
-                    let partial = parser.has_partial();
-                    parser.finish(&mut buf);
-                    if buf.is_empty() {
-                        if self.saw_finish_reason && !partial {
-                            return None;
-                        }
-                        return Some(Err(Error::new(
-                            ErrorKind::Connection,
-                            format!(
-                                "stream ended before completion after {} chunks (no [DONE] marker)",
-                                self.chunks
-                            ),
-                        )
-                        .with_context(route.provider, &self.model)));
-                    }
-                }
+                Ok(None) => *eof = Some(decoder.finish(&mut buf)),
             }
             events.extend(buf);
         }

@@ -81,13 +81,13 @@ pub const DEFAULT_REPLY: &str = "Hello! This is the fake upstream speaking. Ever
 /// The id listed by `GET /v1/models` and used when a request names no model.
 pub const FAKE_MODEL_ID: &str = "fake-model";
 
-const JSON: &str = "application/json";
-const SSE: &str = "text/event-stream";
+pub(crate) const JSON: &str = "application/json";
+pub(crate) const SSE: &str = "text/event-stream";
 const FINGERPRINT: &str = "fp_fake";
 const DEFAULT_EMBEDDING_DIMENSIONS: usize = 8;
 const MAX_EMBEDDING_DIMENSIONS: usize = 65_536;
 const MAX_CHOICES: u32 = 128;
-const TOOL_LOCATIONS: [&str; 8] = [
+pub(crate) const TOOL_LOCATIONS: [&str; 8] = [
     "Paris", "Tokyo", "Lima", "Cairo", "Oslo", "Sydney", "Nairobi", "Quebec",
 ];
 const MODELS_BODY: &[u8] =
@@ -377,7 +377,7 @@ impl Drop for Tracker {
     }
 }
 
-enum Item {
+pub(crate) enum Item {
     Data(Bytes),
     /// Data preceded by the chunk delay.
     Delayed(Bytes),
@@ -403,20 +403,20 @@ enum BodyKind {
     Events(Events),
 }
 
-struct FakeBody {
+pub(crate) struct FakeBody {
     kind: BodyKind,
     tracker: Option<Tracker>,
 }
 
 impl FakeBody {
-    fn once(bytes: Bytes) -> Self {
+    pub(crate) fn once(bytes: Bytes) -> Self {
         Self {
             kind: BodyKind::Once(Some(bytes)),
             tracker: None,
         }
     }
 
-    fn events(items: Vec<Item>, delay: Duration) -> Self {
+    pub(crate) fn events(items: Vec<Item>, delay: Duration) -> Self {
         Self {
             kind: BodyKind::Events(Events {
                 items: items.into_iter(),
@@ -513,7 +513,11 @@ impl Body for FakeBody {
     }
 }
 
-fn response(status: StatusCode, content_type: &'static str, body: FakeBody) -> Response<FakeBody> {
+pub(crate) fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: FakeBody,
+) -> Response<FakeBody> {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -521,7 +525,7 @@ fn response(status: StatusCode, content_type: &'static str, body: FakeBody) -> R
     resp
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<FakeBody> {
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response<FakeBody> {
     response(status, JSON, FakeBody::once(Bytes::from(body)))
 }
 
@@ -530,23 +534,23 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<FakeBody> {
 // ---------------------------------------------------------------------------
 
 #[derive(Default)]
-struct Controls {
-    key: Option<HeaderValue>,
-    status: Option<u16>,
-    error_code: Option<HeaderValue>,
-    error_message: Option<HeaderValue>,
-    fail_times: Option<u64>,
-    retry_after_ms: Option<HeaderValue>,
-    retry_after: Option<HeaderValue>,
-    html: bool,
-    malformed: bool,
-    delay_ms: u64,
-    chunk_delay_ms: u64,
-    cut_after: Option<usize>,
-    stream_error_after: Option<usize>,
-    content: Option<HeaderValue>,
-    chunks: Option<usize>,
-    tool_calls: usize,
+pub(crate) struct Controls {
+    pub(crate) key: Option<HeaderValue>,
+    pub(crate) status: Option<u16>,
+    pub(crate) error_code: Option<HeaderValue>,
+    pub(crate) error_message: Option<HeaderValue>,
+    pub(crate) fail_times: Option<u64>,
+    pub(crate) retry_after_ms: Option<HeaderValue>,
+    pub(crate) retry_after: Option<HeaderValue>,
+    pub(crate) html: bool,
+    pub(crate) malformed: bool,
+    pub(crate) delay_ms: u64,
+    pub(crate) chunk_delay_ms: u64,
+    pub(crate) cut_after: Option<usize>,
+    pub(crate) stream_error_after: Option<usize>,
+    pub(crate) content: Option<HeaderValue>,
+    pub(crate) chunks: Option<usize>,
+    pub(crate) tool_calls: usize,
 }
 
 fn num<T: FromStr>(v: &HeaderValue) -> Option<T> {
@@ -562,7 +566,7 @@ fn flag(v: &HeaderValue) -> bool {
         || v.eq_ignore_ascii_case(b"off"))
 }
 
-fn lossy(v: &HeaderValue) -> Cow<'_, str> {
+pub(crate) fn lossy(v: &HeaderValue) -> Cow<'_, str> {
     String::from_utf8_lossy(v.as_bytes())
 }
 
@@ -631,7 +635,11 @@ fn strip_v1(path: &str) -> &str {
 }
 
 fn route(method: &Method, path: &str) -> Route {
-    let path = strip_v1(path);
+    // Azure OpenAI: /openai/deployments/{deployment}/chat/completions (and /embeddings).
+    let path = match path.strip_prefix("/openai/deployments/") {
+        Some(rest) => rest.find('/').map_or(path, |i| &rest[i..]),
+        None => strip_v1(path),
+    };
     let path = if path.len() > 1 {
         path.strip_suffix('/').unwrap_or(path)
     } else {
@@ -652,6 +660,7 @@ fn route(method: &Method, path: &str) -> Route {
 
 async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<FakeBody> {
     let (parts, body) = req.into_parts();
+    let dialect = super::dialect_of(&parts.method, parts.uri.path());
     let route = route(&parts.method, parts.uri.path());
     match route {
         Route::Health => {
@@ -695,7 +704,15 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
     }
     let failing = controls.fail_times.is_none_or(|n| nth <= n);
 
-    let mut resp = if let Route::NotFound = route {
+    let mut resp = if let Some(dialect) = dialect {
+        dialect.respond(&super::Ctx {
+            controls: &controls,
+            method: &parts.method,
+            uri: &parts.uri,
+            body: &body,
+            failing,
+        })
+    } else if let Route::NotFound = route {
         let message = format!("Invalid URL ({} {})", parts.method, parts.uri.path());
         error_json(
             StatusCode::NOT_FOUND,
@@ -811,13 +828,13 @@ fn model_object(id: &str) -> Response<FakeBody> {
     }
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn word_count(s: &str) -> u64 {
+pub(crate) fn word_count(s: &str) -> u64 {
     s.split_whitespace().count() as u64
 }
 
@@ -952,6 +969,12 @@ fn code_defaults(code: &str, model: &str) -> Option<(u16, &'static str, Cow<'sta
             Cow::Borrowed("Your request was rejected as a result of our safety system."),
         ),
         "model_not_found" => (404, "invalid_request_error", Cow::Owned(model_not_found_message(model))),
+        // Azure OpenAI's prompt filter.
+        "content_filter" => (
+            400,
+            "invalid_request_error",
+            Cow::Borrowed("The response was filtered due to the prompt triggering Azure OpenAI's content management policy."),
+        ),
         "invalid_api_key" => (
             401,
             "invalid_request_error",
