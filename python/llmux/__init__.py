@@ -77,6 +77,8 @@ def _apply_settings(kwargs: dict) -> dict:
         kwargs["api_base"] = api_base
     if num_retries is not None and "num_retries" not in kwargs:
         kwargs["num_retries"] = num_retries
+    if drop_params and "drop_params" not in kwargs:
+        kwargs["drop_params"] = True
     if "timeout" not in kwargs and "request_timeout" not in kwargs:
         kwargs["timeout"] = request_timeout
     return kwargs

@@ -459,10 +459,10 @@ mod tests {
     }
 
     #[test]
-    fn native_providers_are_named_not_misrouted() {
-        let e = resolve("anthropic/claude-sonnet-4-5", &ep_key()).unwrap_err();
+    fn native_providers_not_built_are_named_not_misrouted() {
+        let e = resolve("vertex_ai/gemini-2.5-pro", &ep_key()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidConfig);
-        assert!(e.message.contains("anthropic"));
+        assert!(e.message.contains("vertex_ai"));
     }
 
     #[test]

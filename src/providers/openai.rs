@@ -227,10 +227,21 @@ impl StreamDecoder for SseDecoder {
     }
 
     fn finish(&mut self, out: &mut Vec<Result<StreamEvent>>) -> bool {
-        let partial = self.sse.has_partial();
-        self.sse.finish(&mut self.events);
-        self.translate(out);
-        partial
+        // Complete events were already translated by `feed`. What is left is a cut event, which
+        // must not be parsed as if whole (the stream raises a cut error), except a final
+        // `[DONE]` sent without its blank line.
+        if !self.sse.has_partial() {
+            return false;
+        }
+        let mut rest = Vec::new();
+        self.sse.finish(&mut rest);
+        if let [ev] = rest.as_slice() {
+            if ev.data.trim() == "[DONE]" {
+                out.push(Ok(StreamEvent::Done));
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -604,4 +615,64 @@ mod tests {
             ErrorKind::InvalidResponse
         );
     }
+
+    const RECORDED_STREAM: &str = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\r\n\r\n",
+        ": keep-alive\r\n\r\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Grüße, 世界 🌍\"},\"finish_reason\":null}]}\r\n\r\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":\"}}]},\"finish_reason\":null}]}\r\n\r\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"1}\"}}]},\"finish_reason\":null}]}\r\n\r\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\r\n\r\n",
+        "data: [DONE]\r\n\r\n",
+    );
+
+    /// Decodes `parts` in order; returns the chunks (as JSON), whether `[DONE]` was seen, and
+    /// whether the decoder reported an unfinished event at the end.
+    fn decode(parts: &[&[u8]]) -> (Vec<String>, bool, bool) {
+        let mut d = SseDecoder::new(route());
+        let mut out = Vec::new();
+        for p in parts {
+            d.feed(p, &mut out);
+        }
+        let partial = d.finish(&mut out);
+        let mut chunks = Vec::new();
+        let mut done = false;
+        for ev in out {
+            match ev.unwrap() {
+                StreamEvent::Chunk(c) => chunks.push(serde_json::to_string(&c).unwrap()),
+                StreamEvent::Done => done = true,
+            }
+        }
+        (chunks, done, partial)
+    }
+
+    #[test]
+    fn recorded_stream_same_chunks_at_every_split() {
+        let bytes = RECORDED_STREAM.as_bytes();
+        let whole = decode(&[bytes]);
+        assert_eq!(whole.0.len(), 5);
+        assert!(whole.0[1].contains("Grüße, 世界 🌍"));
+        assert!(whole.1 && !whole.2);
+        for i in 0..=bytes.len() {
+            assert_eq!(decode(&[&bytes[..i], &bytes[i..]]), whole, "split at {i}");
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(decode(&singles), whole, "byte by byte");
+        // A final [DONE] without its blank line still ends the stream properly.
+        let lenient = RECORDED_STREAM.trim_end_matches("\r\n\r\n").to_owned() + "\r\n";
+        assert_eq!(decode(&[lenient.as_bytes()]), whole);
+    }
+
+    #[test]
+    fn every_truncation_is_detectable() {
+        // Cut anywhere before the end marker: either no [DONE] was seen, or (never) a partial
+        // event is reported; the stream layer turns both into a connection error.
+        let bytes = RECORDED_STREAM.as_bytes();
+        let done_at = RECORDED_STREAM.find("data: [DONE]").unwrap();
+        for cut in 0..done_at + "data: [DONE]".len() {
+            let (_, done, _) = decode(&[&bytes[..cut]]);
+            assert!(!done, "cut at {cut} looked complete");
+        }
+    }
+
 }

@@ -43,6 +43,7 @@
 //! | `x-fake-content: text` | reply text instead of [`DEFAULT_REPLY`] |
 //! | `x-fake-chunks: K` | number of streamed content chunks (default: one per word) |
 //! | `x-fake-tool-calls: N` | answer with `N` tool calls |
+//! | `x-fake-finish-reason: R` | report finish reason `R` (e.g. Azure's `content_filter`) |
 //!
 //! `completed` counts responses whose last body frame was handed to hyper (a
 //! deliberate `x-fake-cut-after` counts as completed); `aborted` counts responses
@@ -551,6 +552,9 @@ pub(crate) struct Controls {
     pub(crate) content: Option<HeaderValue>,
     pub(crate) chunks: Option<usize>,
     pub(crate) tool_calls: usize,
+    /// `x-fake-finish-reason`: the finish reason to report on success (e.g. Azure's
+    /// `content_filter` on a 200).
+    pub(crate) finish_reason: Option<HeaderValue>,
 }
 
 fn num<T: FromStr>(v: &HeaderValue) -> Option<T> {
@@ -594,6 +598,7 @@ impl Controls {
                 "content" => c.content = Some(value.clone()),
                 "chunks" => c.chunks = num::<usize>(value).filter(|k| *k > 0),
                 "tool-calls" => c.tool_calls = num(value).unwrap_or(0),
+                "finish-reason" => c.finish_reason = Some(value.clone()),
                 _ => {}
             }
         }
@@ -624,7 +629,44 @@ enum Route {
     Model,
     Health,
     Stats,
+    /// `GET /__files/{pixel.png,big.png,page.html}`: images for the image-fetching tests.
+    File,
     NotFound,
+}
+
+/// A 1x1 transparent PNG.
+pub const PIXEL_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00,
+    0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4, 0x89, 0x00, 0x00, 0x00,
+    0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d,
+    0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// Size of `/__files/big.png`: just over the image-fetch limit.
+pub const BIG_FILE_BYTES: usize = crate::providers::media::MAX_IMAGE_BYTES + 1;
+
+fn file_response(path: &str) -> Response<FakeBody> {
+    match path {
+        "/__files/pixel.png" => response(StatusCode::OK, "image/png", FakeBody::once(Bytes::from_static(PIXEL_PNG))),
+        "/__files/big.png" => {
+            // Sent in pieces without a content-length, so the size limit is met while reading.
+            let piece = Bytes::from(vec![0u8; 1024 * 1024]);
+            let mut items: Vec<Item> = Vec::new();
+            let mut left = BIG_FILE_BYTES;
+            while left > 0 {
+                let n = left.min(piece.len());
+                items.push(Item::Data(piece.slice(..n)));
+                left -= n;
+            }
+            response(StatusCode::OK, "image/png", FakeBody::events(items, Duration::ZERO))
+        }
+        "/__files/page.html" => response(
+            StatusCode::OK,
+            "text/html",
+            FakeBody::once(Bytes::from_static(b"<html><body>not an image</body></html>")),
+        ),
+        _ => error_json(StatusCode::NOT_FOUND, "no such file", "invalid_request_error", None),
+    }
 }
 
 fn strip_v1(path: &str) -> &str {
@@ -653,6 +695,7 @@ fn route(method: &Method, path: &str) -> Route {
             Route::Model
         }
         (&Method::GET, "/health") => Route::Health,
+        (&Method::GET, p) if p.starts_with("/__files/") => Route::File,
         (&Method::GET, "/__stats") => Route::Stats,
         _ => Route::NotFound,
     }
@@ -663,6 +706,7 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
     let dialect = super::dialect_of(&parts.method, parts.uri.path());
     let route = route(&parts.method, parts.uri.path());
     match route {
+        Route::File => return file_response(parts.uri.path()),
         Route::Health => {
             return response(
                 StatusCode::OK,
@@ -740,7 +784,7 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
                     .trim_start_matches("/models/");
                 model_object(id)
             }
-            Route::Health | Route::Stats | Route::NotFound => error_json(
+            Route::Health | Route::Stats | Route::File | Route::NotFound => error_json(
                 StatusCode::NOT_FOUND,
                 "Not found",
                 "invalid_request_error",
@@ -1714,6 +1758,7 @@ fn chat(state: &FakeUpstream, c: &Controls, body: &[u8], failing: bool) -> Respo
     let text_header = c.content.as_ref().map(lossy);
     let text = text_header.as_deref().unwrap_or(DEFAULT_REPLY);
     let limit = req.max_completion_tokens.or(req.max_tokens);
+    let forced_finish = c.finish_reason.as_ref().map(lossy);
     let (content, finish_reason) = if tool_calls.is_empty() {
         match truncate_words(text, limit) {
             (t, true) => (t, "length"),
@@ -1722,6 +1767,7 @@ fn chat(state: &FakeUpstream, c: &Controls, body: &[u8], failing: bool) -> Respo
     } else {
         ("", "tool_calls")
     };
+    let finish_reason = forced_finish.as_deref().unwrap_or(finish_reason);
     let per_choice = if tool_calls.is_empty() {
         word_count(content)
     } else {
