@@ -8,7 +8,7 @@ VENV ?= .venv
 BENCH_VENV ?= .bench-venv
 VPY := $(abspath $(VENV))/bin/python
 BPY := $(abspath $(BENCH_VENV))/bin/python
-DEV_DEPS := "maturin>=1.8,<2" "pytest>=8" "pytest-asyncio>=0.24" pytest-timeout ruff mypy typing_extensions openai litellm anthropic google-genai boto3
+DEV_DEPS := "maturin>=1.8,<2" "pytest>=8" "pytest-asyncio>=0.24" pytest-timeout ruff mypy typing_extensions openai "litellm==1.110.2" anthropic google-genai boto3
 
 .PHONY: demo test lint rust-test stubs pytest build build-release bench clean
 

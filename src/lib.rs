@@ -18,6 +18,7 @@
 pub mod error;
 pub mod http;
 pub mod pipeline;
+pub mod pricing;
 pub mod providers;
 pub mod retry;
 pub mod streaming;

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{client, transport_error};
+use crate::pricing;
 use crate::providers::{media, resolve, Endpoint, Extras, PreparedRequest, Route};
 use crate::retry::{decide, Backoff, Decision};
 use crate::streaming::ChatStream;
@@ -93,6 +94,18 @@ pub struct CallMeta {
     /// Attempts made (1 = no retry).
     pub attempts: u32,
     pub started: Instant,
+    /// USD, from the price table; `None` when the model has no price (or, for streams,
+    /// until the usage is known).
+    pub cost: Option<f64>,
+}
+
+/// Prices a call: by the route's model name, else the model the upstream reports.
+fn price(provider: &str, names: [&str; 2], usage: Option<&Usage>) -> Option<f64> {
+    let usage = usage?;
+    let found = names
+        .iter()
+        .find(|n| !n.is_empty() && pricing::lookup(Some(provider), n).is_some());
+    pricing::cost(Some(provider), found.copied().unwrap_or(names[0]), usage).map(|c| c.total())
 }
 
 impl CallMeta {
@@ -103,6 +116,7 @@ impl CallMeta {
             upstream_model: route.model.clone(),
             attempts: 1,
             started,
+            cost: None,
         }
     }
 
@@ -113,6 +127,7 @@ impl CallMeta {
             upstream_model: String::new(),
             attempts: 1,
             started,
+            cost: None,
         }
     }
 }
@@ -368,11 +383,15 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
     let started = Instant::now();
     match &opts.mock {
         Some(Mock::Text(t)) => {
+            let response = mock_completion(&req, t);
+            let mut meta = CallMeta::mock(started);
+            // Priced like the model it stands in for, as LiteLLM does.
+            meta.cost = price("openai", [&req.model, ""], response.usage.as_ref());
             return Ok(Completed {
-                response: mock_completion(&req, t),
-                meta: CallMeta::mock(started),
+                response,
+                meta,
                 elapsed: started.elapsed(),
-            })
+            });
         }
         Some(Mock::Error(k, m)) => {
             return Err(Error::new(*k, m.clone()).with_context("openai", &req.model))
@@ -402,6 +421,11 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
         Ok((response, attempts)) => {
             let mut meta = CallMeta::new(&route, started);
             meta.attempts = attempts;
+            meta.cost = price(
+                route.provider,
+                [&route.model, &response.model],
+                response.usage.as_ref(),
+            );
             Ok(Completed {
                 response,
                 meta,
@@ -489,6 +513,11 @@ pub async fn embedding(
         Ok((response, attempts)) => {
             let mut meta = CallMeta::new(&route, started);
             meta.attempts = attempts;
+            meta.cost = price(
+                route.provider,
+                [&route.model, &response.model],
+                response.usage.as_ref(),
+            );
             Ok(Completed {
                 response,
                 meta,

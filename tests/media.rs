@@ -22,15 +22,31 @@ async fn fetches_converts_and_refuses() {
     let url = msgs[0]["content"][1]["image_url"]["url"].as_str().unwrap();
     let (mime, data) = parse_data_url(url).unwrap();
     assert_eq!(mime, "image/png");
-    assert_eq!(base64::engine::general_purpose::STANDARD.decode(data).unwrap(), PIXEL_PNG);
-    assert_eq!(msgs[0]["content"][2]["image_url"], "data:image/jpeg;base64,/9j/AA==", "data URLs are left alone");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap(),
+        PIXEL_PNG
+    );
+    assert_eq!(
+        msgs[0]["content"][2]["image_url"], "data:image/jpeg;base64,/9j/AA==",
+        "data URLs are left alone"
+    );
 
-    for (path, why) in [("/__files/page.html", "not an image"), ("/__files/big.png", "larger than"), ("/__files/none.png", "HTTP 404")] {
+    for (path, why) in [
+        ("/__files/page.html", "not an image"),
+        ("/__files/big.png", "larger than"),
+        ("/__files/none.png", "HTTP 404"),
+    ] {
         let mut msgs = vec![json!({"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": format!("{base}{path}")}}
         ]})];
         let e = inline_remote_images(&mut msgs).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadRequest, "{path}");
-        assert!(e.message.contains(path) && e.message.contains(why), "{path}: {}", e.message);
+        assert!(
+            e.message.contains(path) && e.message.contains(why),
+            "{path}: {}",
+            e.message
+        );
     }
 }

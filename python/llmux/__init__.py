@@ -16,6 +16,15 @@ from typing import Any, Optional, Union
 
 from . import _llmux
 from ._aio import run as _run
+from ._cost import (
+    completion_cost,
+    cost_per_token,
+    get_max_tokens,
+    get_model_info,
+    register_model,
+    supports_function_calling,
+    supports_vision,
+)
 from ._stream_wrapper import CustomStreamWrapper
 from ._streaming import stream_chunk_builder
 from .exceptions import (
@@ -164,6 +173,14 @@ async def aembedding(model: str, input: Any = None, **kwargs: Any) -> EmbeddingR
     return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
 
 
+def __getattr__(name: str) -> Any:
+    # ``llmux.model_cost``: the price table as a dict, built on first access so that importing
+    # llmux stays fast.
+    if name == "model_cost":
+        return _llmux.model_cost()
+    raise AttributeError(f"module 'llmux' has no attribute {name!r}")
+
+
 __all__ = [
     "LITELLM_EXCEPTION_TYPES",
     "APIConnectionError",
@@ -204,6 +221,13 @@ __all__ = [
     "acompletion",
     "aembedding",
     "completion",
+    "completion_cost",
+    "cost_per_token",
     "embedding",
+    "get_max_tokens",
+    "get_model_info",
+    "register_model",
     "stream_chunk_builder",
+    "supports_function_calling",
+    "supports_vision",
 ]

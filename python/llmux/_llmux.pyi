@@ -14,9 +14,15 @@ __all__ = [
     "aembedding",
     "completion",
     "completion_stream",
+    "cost_for",
     "embedding",
     "error_kinds",
+    "load_price_file",
+    "model_cost",
+    "model_entry",
+    "register_model",
     "serve_fake_upstream",
+    "unpriced_count",
 ]
 __version__: str
 
@@ -73,3 +79,16 @@ class NativeStream:
     def next_batch(self) -> Optional[_Batch]: ...
     def anext_batch(self, bridge: Bridge, fut: Any) -> TaskHandle: ...
     def close(self) -> None: ...
+
+def model_entry(model: str, provider: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """The price-table entry of a model, or None."""
+
+def cost_for(
+    model: str, usage: dict[str, Any], provider: Optional[str] = None
+) -> Optional[tuple[float, float]]:
+    """``(prompt_cost, completion_cost)`` in USD, or None when the model has no price."""
+
+def register_model(entries: dict[str, Any]) -> None: ...
+def load_price_file(path: Any) -> int: ...
+def model_cost() -> dict[str, Any]: ...
+def unpriced_count() -> int: ...

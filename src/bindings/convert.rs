@@ -211,7 +211,7 @@ pub fn hidden<'py>(
     d.set_item("custom_llm_provider", meta.provider)?;
     d.set_item("api_base", &meta.api_base)?;
     d.set_item("model_id", py.None())?;
-    d.set_item("response_cost", py.None())?;
+    d.set_item("response_cost", meta.cost)?;
     d.set_item("litellm_model_name", caller_model)?;
     d.set_item("attempts", meta.attempts)?;
     Ok(d)

@@ -674,5 +674,4 @@ mod tests {
             assert!(!done, "cut at {cut} looked complete");
         }
     }
-
 }

@@ -636,10 +636,11 @@ enum Route {
 
 /// A 1x1 transparent PNG.
 pub const PIXEL_PNG: &[u8] = &[
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00,
-    0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4, 0x89, 0x00, 0x00, 0x00,
-    0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d,
-    0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
+    0x42, 0x60, 0x82,
 ];
 
 /// Size of `/__files/big.png`: just over the image-fetch limit.
@@ -647,7 +648,11 @@ pub const BIG_FILE_BYTES: usize = crate::providers::media::MAX_IMAGE_BYTES + 1;
 
 fn file_response(path: &str) -> Response<FakeBody> {
     match path {
-        "/__files/pixel.png" => response(StatusCode::OK, "image/png", FakeBody::once(Bytes::from_static(PIXEL_PNG))),
+        "/__files/pixel.png" => response(
+            StatusCode::OK,
+            "image/png",
+            FakeBody::once(Bytes::from_static(PIXEL_PNG)),
+        ),
         "/__files/big.png" => {
             // Sent in pieces without a content-length, so the size limit is met while reading.
             let piece = Bytes::from(vec![0u8; 1024 * 1024]);
@@ -658,14 +663,25 @@ fn file_response(path: &str) -> Response<FakeBody> {
                 items.push(Item::Data(piece.slice(..n)));
                 left -= n;
             }
-            response(StatusCode::OK, "image/png", FakeBody::events(items, Duration::ZERO))
+            response(
+                StatusCode::OK,
+                "image/png",
+                FakeBody::events(items, Duration::ZERO),
+            )
         }
         "/__files/page.html" => response(
             StatusCode::OK,
             "text/html",
-            FakeBody::once(Bytes::from_static(b"<html><body>not an image</body></html>")),
+            FakeBody::once(Bytes::from_static(
+                b"<html><body>not an image</body></html>",
+            )),
         ),
-        _ => error_json(StatusCode::NOT_FOUND, "no such file", "invalid_request_error", None),
+        _ => error_json(
+            StatusCode::NOT_FOUND,
+            "no such file",
+            "invalid_request_error",
+            None,
+        ),
     }
 }
 
