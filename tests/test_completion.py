@@ -8,8 +8,10 @@ import threading
 import time
 import urllib.request
 
-import llmux
 import pytest
+
+import llmux
+
 from conftest import MSGS, hdr
 
 DEFAULT_REPLY = (

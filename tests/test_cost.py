@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import MSGS, hdr
 
 import llmux
 from llmux import _llmux
+
+from conftest import MSGS, hdr
 
 MODELS = [
     "gpt-4o",

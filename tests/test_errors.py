@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 
-import llmux
 import pytest
-from conftest import MSGS, hdr
+
+import llmux
 from llmux import _llmux
+
+from conftest import MSGS, hdr
 
 
 def call(fake, key, **kw):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import MSGS, hdr
 
 import llmux
+
+from conftest import MSGS, hdr
 
 
 def test_unary_path_version_and_key_header(fake, key):
