@@ -96,3 +96,52 @@ def test_model_info_like_litellm(litellm):
     with pytest.raises(Exception, match="isn't mapped"):
         llmux.get_model_info("no-such-model-abc")
     assert "gpt-4o" in llmux.model_cost
+
+
+def _tiktoken(name):
+    import os
+
+    import litellm
+
+    os.environ.setdefault(
+        "TIKTOKEN_CACHE_DIR",
+        os.path.join(os.path.dirname(litellm.__file__), "litellm_core_utils", "tokenizers"),
+    )
+    import tiktoken
+
+    return tiktoken.get_encoding(name)
+
+
+TEXTS = ["hello world", "Grüße, 世界 🌍 — tokens!", "def f(x):\n    return x ** 2\n" * 5, ""]
+
+
+@pytest.mark.parametrize("model,encoding", [("gpt-4", "cl100k_base"), ("gpt-4o", "o200k_base")])
+def test_token_counts_match_tiktoken(litellm, model, encoding):
+    enc = _tiktoken(encoding)
+    for t in TEXTS:
+        assert llmux.token_counter(model=model, text=t) == len(enc.encode(t)), t
+
+
+def test_message_token_counts_match_litellm(litellm):
+    msgs = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Japan?", "name": "bob"},
+    ]
+    assert llmux.token_counter(model="gpt-4", messages=msgs) == litellm.token_counter(
+        model="gpt-4", messages=msgs
+    )
+    with_image = msgs + [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "and this?"},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
+            ],
+        }
+    ]
+    assert (
+        llmux.token_counter(model="gpt-4", messages=with_image)
+        > llmux.token_counter(model="gpt-4", messages=msgs) + 85
+    )

@@ -24,6 +24,7 @@ from ._cost import (
     register_model,
     supports_function_calling,
     supports_vision,
+    token_counter,
 )
 from ._stream_wrapper import CustomStreamWrapper
 from ._streaming import stream_chunk_builder
@@ -230,4 +231,5 @@ __all__ = [
     "stream_chunk_builder",
     "supports_function_calling",
     "supports_vision",
+    "token_counter",
 ]

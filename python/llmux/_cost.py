@@ -14,6 +14,7 @@ from typing import Any, Optional, Tuple, Union
 from . import _llmux
 
 __all__ = [
+    "token_counter",
     "completion_cost",
     "cost_per_token",
     "get_max_tokens",
@@ -155,3 +156,23 @@ def register_model(model_cost: Union[dict, str, os.PathLike]) -> dict:
         return {}
     _llmux.register_model(model_cost)
     return model_cost
+
+
+def token_counter(
+    model: str = "",
+    custom_tokenizer: Any = None,
+    text: Union[str, list, None] = None,
+    messages: Optional[list] = None,
+    count_response_tokens: bool = False,
+    tools: Optional[list] = None,
+    **_: Any,
+) -> int:
+    """Tokens of ``text`` or of a chat prompt (``messages`` and ``tools``), with the model's
+    own encoding for OpenAI models (o200k_base / cl100k_base) and cl100k_base as the
+    approximation for others. ``count_response_tokens=True`` counts ``text`` without the chat
+    overhead, as LiteLLM does."""
+    if text is not None:
+        return _llmux.token_count(model or "gpt-4", text=text)
+    if messages is not None:
+        return _llmux.token_count(model or "gpt-4", messages=messages, tools=tools)
+    raise TypeError("token_counter needs text= or messages=")

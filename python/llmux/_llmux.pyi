@@ -22,6 +22,7 @@ __all__ = [
     "model_entry",
     "register_model",
     "serve_fake_upstream",
+    "token_count",
     "unpriced_count",
 ]
 __version__: str
@@ -92,3 +93,5 @@ def register_model(entries: dict[str, Any]) -> None: ...
 def load_price_file(path: Any) -> int: ...
 def model_cost() -> dict[str, Any]: ...
 def unpriced_count() -> int: ...
+def token_count(model: str, text: Any = None, messages: Any = None, tools: Any = None) -> int:
+    """Tokens of ``text`` (a string or list of strings) or of ``messages`` (+ ``tools``)."""

@@ -69,3 +69,43 @@ pub fn model_cost(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 pub fn unpriced_count() -> u64 {
     pricing::unpriced_count()
 }
+
+/// Tokens of `text` (a string or a list of strings), or of `messages` (plus `tools`).
+#[pyfunction]
+#[pyo3(signature = (model, text=None, messages=None, tools=None))]
+pub fn token_count(
+    py: Python<'_>,
+    model: &str,
+    text: Option<&Bound<'_, PyAny>>,
+    messages: Option<&Bound<'_, PyAny>>,
+    tools: Option<&Bound<'_, PyAny>>,
+) -> PyResult<usize> {
+    let value = |v: &Bound<'_, PyAny>, what: &str| -> PyResult<Value> {
+        depythonize(v).map_err(|e| pyo3::exceptions::PyTypeError::new_err(format!("{what}: {e}")))
+    };
+    let counted = if let Some(t) = text {
+        match value(t, "text")? {
+            Value::String(s) => pricing::tokens::count_text(model, &s),
+            Value::Array(items) => items.iter().try_fold(0usize, |n, s| {
+                Ok(n + pricing::tokens::count_text(model, s.as_str().unwrap_or_default())?)
+            }),
+            _ => {
+                return Err(pyo3::exceptions::PyTypeError::new_err(
+                    "text must be a string or a list of strings",
+                ))
+            }
+        }
+    } else if let Some(m) = messages {
+        let msgs = match super::convert::messages(m) {
+            Ok(v) => v,
+            Err(e) => return Err(e),
+        };
+        let tools = tools.map(|t| value(t, "tools")).transpose()?;
+        pricing::tokens::count_messages(model, &msgs, tools.as_ref())
+    } else {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "token_counter needs text= or messages=",
+        ));
+    };
+    counted.map_err(|e| to_pyerr(py, e))
+}

@@ -9,6 +9,8 @@
 //! Unknown models cost nothing and are counted as unpriced ([`unpriced_count`]); a price lookup
 //! never rejects a call.
 
+pub mod tokens;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
