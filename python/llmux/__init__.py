@@ -26,7 +26,7 @@ from ._cost import (
     supports_vision,
     token_counter,
 )
-from ._stream_wrapper import CustomStreamWrapper
+from ._stream_wrapper import CustomStreamWrapper, LoggedStreamWrapper
 from ._streaming import stream_chunk_builder
 from .exceptions import (
     LITELLM_EXCEPTION_TYPES,
@@ -53,6 +53,7 @@ from .exceptions import (
     UnprocessableEntityError,
     UnsupportedParamsError,
 )
+from .integrations.custom_logger import CustomLogger
 from .types import (
     ChatCompletionDeltaToolCall,
     ChatCompletionMessageToolCall,
@@ -78,6 +79,16 @@ request_timeout: float = float(os.getenv("REQUEST_TIMEOUT", "600"))
 drop_params: bool = bool(os.getenv("LITELLM_DROP_PARAMS", ""))
 suppress_debug_info: bool = False
 set_verbose: bool = False
+
+# Callbacks (LiteLLM's names): CustomLogger instances in ``callbacks``; plain functions
+# ``fn(kwargs, completion_response, start_time, end_time)`` in ``success_callback`` /
+# ``failure_callback``; ``fn(kwargs)`` in ``input_callback``. They run off the request path;
+# see ``llmux._callbacks``. Strings (LiteLLM's named integrations) are not supported and are
+# ignored with a warning when a call starts.
+callbacks: list = []
+success_callback: list = []
+failure_callback: list = []
+input_callback: list = []
 
 
 def _apply_settings(kwargs: dict) -> dict:
@@ -111,6 +122,59 @@ def _mock_object(model: str, mock: Any, stream: bool) -> Any:
     )
 
 
+def _completion(model: str, messages: Any, kwargs: dict) -> Union[ModelResponse, CustomStreamWrapper]:
+    stream = kwargs.pop("stream", False)
+    _apply_settings(kwargs)
+    mock = kwargs.get("mock_response")
+    if mock is not None and not isinstance(mock, str):
+        return _mock_object(model, mock, bool(stream))
+    if stream:
+        native, first = _llmux.completion_stream(model, messages, kwargs)
+        return CustomStreamWrapper(native, model, first)
+    d, hidden = _llmux.completion(model, messages, kwargs)
+    return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+async def _acompletion(model: str, messages: Any, kwargs: dict) -> Union[ModelResponse, CustomStreamWrapper]:
+    stream = kwargs.pop("stream", False)
+    _apply_settings(kwargs)
+    mock = kwargs.get("mock_response")
+    if mock is not None and not isinstance(mock, str):
+        return _mock_object(model, mock, bool(stream))
+    if stream:
+        native, first = await _run(_llmux.acompletion_stream, model, messages, kwargs)
+        return CustomStreamWrapper(native, model, first)
+    d, hidden = await _run(_llmux.acompletion, model, messages, kwargs)
+    return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+def _embedding(model: str, input: Any, kwargs: dict) -> EmbeddingResponse:  # noqa: A002
+    _apply_settings(kwargs)
+    d, hidden = _llmux.embedding(model, input, kwargs)
+    return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+async def _aembedding(model: str, input: Any, kwargs: dict) -> EmbeddingResponse:  # noqa: A002
+    _apply_settings(kwargs)
+    d, hidden = await _run(_llmux.aembedding, model, input, kwargs)
+    return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+def _new_call(call_type: str, model: str, messages: Any, kwargs: dict) -> Any:
+    from ._callbacks import Call
+
+    return Call(
+        call_type, model, messages, kwargs, callbacks, success_callback, failure_callback, input_callback
+    )
+
+
+def _finish(call: Any, out: Any) -> Any:
+    if isinstance(out, CustomStreamWrapper):
+        return LoggedStreamWrapper(out, call)
+    call.succeeded(out)
+    return out
+
+
 def completion(
     model: str, messages: Optional[list] = None, **kwargs: Any
 ) -> Union[ModelResponse, CustomStreamWrapper]:
@@ -124,16 +188,15 @@ def completion(
     """
     if messages is None:
         messages = kwargs.pop("messages", [])
-    stream = kwargs.pop("stream", False)
-    _apply_settings(kwargs)
-    mock = kwargs.get("mock_response")
-    if mock is not None and not isinstance(mock, str):
-        return _mock_object(model, mock, bool(stream))
-    if stream:
-        native, first = _llmux.completion_stream(model, messages, kwargs)
-        return CustomStreamWrapper(native, model, first)
-    d, hidden = _llmux.completion(model, messages, kwargs)
-    return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
+    if not (callbacks or success_callback or failure_callback or input_callback):
+        return _completion(model, messages, kwargs)
+    call = _new_call("completion", model, messages, kwargs)
+    try:
+        call.pre_call()
+        return _finish(call, _completion(call.model, call.messages, call.kwargs))
+    except Exception as exc:
+        call.failed(exc)
+        raise
 
 
 async def acompletion(
@@ -143,16 +206,15 @@ async def acompletion(
     the stream, then ``async for`` over the chunks."""
     if messages is None:
         messages = kwargs.pop("messages", [])
-    stream = kwargs.pop("stream", False)
-    _apply_settings(kwargs)
-    mock = kwargs.get("mock_response")
-    if mock is not None and not isinstance(mock, str):
-        return _mock_object(model, mock, bool(stream))
-    if stream:
-        native, first = await _run(_llmux.acompletion_stream, model, messages, kwargs)
-        return CustomStreamWrapper(native, model, first)
-    d, hidden = await _run(_llmux.acompletion, model, messages, kwargs)
-    return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
+    if not (callbacks or success_callback or failure_callback or input_callback):
+        return await _acompletion(model, messages, kwargs)
+    call = _new_call("acompletion", model, messages, kwargs)
+    try:
+        await call.apre_call()
+        return _finish(call, await _acompletion(call.model, call.messages, call.kwargs))
+    except Exception as exc:
+        call.failed(exc)
+        raise
 
 
 def embedding(model: str, input: Any = None, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002
@@ -160,18 +222,37 @@ def embedding(model: str, input: Any = None, **kwargs: Any) -> EmbeddingResponse
     token lists; ``dimensions`` and ``encoding_format`` are passed upstream."""
     if input is None:
         input = kwargs.pop("input", [])  # noqa: A001
-    _apply_settings(kwargs)
-    d, hidden = _llmux.embedding(model, input, kwargs)
-    return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
+    if not (callbacks or success_callback or failure_callback or input_callback):
+        return _embedding(model, input, kwargs)
+    call = _new_call("embedding", model, input, kwargs)
+    try:
+        call.pre_call()
+        return _finish(call, _embedding(call.model, call.messages, call.kwargs))
+    except Exception as exc:
+        call.failed(exc)
+        raise
 
 
 async def aembedding(model: str, input: Any = None, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002
     """Async form of ``embedding``."""
     if input is None:
         input = kwargs.pop("input", [])  # noqa: A001
-    _apply_settings(kwargs)
-    d, hidden = await _run(_llmux.aembedding, model, input, kwargs)
-    return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
+    if not (callbacks or success_callback or failure_callback or input_callback):
+        return await _aembedding(model, input, kwargs)
+    call = _new_call("aembedding", model, input, kwargs)
+    try:
+        await call.apre_call()
+        return _finish(call, await _aembedding(call.model, call.messages, call.kwargs))
+    except Exception as exc:
+        call.failed(exc)
+        raise
+
+
+def flush_callbacks(timeout: float = 5.0) -> bool:
+    """Waits until every queued callback event has been delivered (False on timeout)."""
+    from ._callbacks import flush
+
+    return flush(timeout)
 
 
 def __getattr__(name: str) -> Any:
@@ -196,6 +277,7 @@ __all__ = [
     "Choices",
     "ContentPolicyViolationError",
     "ContextWindowExceededError",
+    "CustomLogger",
     "CustomStreamWrapper",
     "Delta",
     "Embedding",
@@ -221,6 +303,11 @@ __all__ = [
     "Usage",
     "acompletion",
     "aembedding",
+    "callbacks",
+    "failure_callback",
+    "flush_callbacks",
+    "input_callback",
+    "success_callback",
     "completion",
     "completion_cost",
     "cost_per_token",

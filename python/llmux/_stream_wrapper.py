@@ -14,7 +14,7 @@ from typing import Any, Optional
 from ._aio import run as _run
 from .types import ModelResponseStream
 
-__all__ = ["CustomStreamWrapper"]
+__all__ = ["CustomStreamWrapper", "LoggedStreamWrapper"]
 
 
 class CustomStreamWrapper:
@@ -103,3 +103,62 @@ class CustomStreamWrapper:
 
     def __repr__(self) -> str:
         return f"<CustomStreamWrapper model={self.model!r} provider={self.custom_llm_provider!r}>"
+
+
+class LoggedStreamWrapper(CustomStreamWrapper):
+    """A stream whose chunks and end are reported to callbacks (used only when some are set)."""
+
+    __slots__ = ("_call", "_collected", "_per_chunk")
+
+    def __init__(self, inner: CustomStreamWrapper, call: Any) -> None:
+        self._native = inner._native
+        self._buf = inner._buf
+        self._done = inner._done
+        self.model = inner.model
+        self._hidden_params = inner._hidden_params
+        self.custom_llm_provider = inner.custom_llm_provider
+        self.chunks = []
+        self._call = call
+        self._collected: list = []
+        self._per_chunk = call.wants_chunks()
+
+    def _seen(self, chunk: ModelResponseStream) -> ModelResponseStream:
+        self._collected.append(chunk)
+        if self._per_chunk:
+            self._call.chunk(chunk)
+        return chunk
+
+    def _finished(self) -> None:
+        from ._streaming import stream_chunk_builder
+
+        call, self._call = self._call, None
+        if call is not None:
+            built = stream_chunk_builder(self._collected, messages=call.messages)
+            if built is not None:
+                built._hidden_params.update(self._hidden_params)
+            call.succeeded(built)
+
+    def _failed(self, exc: BaseException) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.failed(exc)
+
+    def __next__(self) -> ModelResponseStream:
+        try:
+            return self._seen(super().__next__())
+        except StopIteration:
+            self._finished()
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            raise
+
+    async def __anext__(self) -> ModelResponseStream:
+        try:
+            return self._seen(await super().__anext__())
+        except StopAsyncIteration:
+            self._finished()
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            raise

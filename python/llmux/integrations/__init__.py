@@ -1,0 +1,1 @@
+"""Integration base classes (LiteLLM's ``litellm.integrations`` layout)."""
