@@ -16,6 +16,7 @@
 //! - [`pipeline`]: `completion`, `completion_stream`, `embedding`: the request pipeline.
 
 pub mod error;
+pub mod hooks;
 pub mod http;
 pub mod pipeline;
 pub mod pricing;

@@ -8,11 +8,13 @@
 //! the HTTP server call them and hold no logic of their own.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::hooks::{self, HookContext, Pre};
 use crate::http::{client, transport_error};
 use crate::pricing;
 use crate::providers::{media, resolve, Endpoint, Extras, PreparedRequest, Route};
@@ -66,6 +68,8 @@ pub struct CallOptions {
     pub extra_headers: Vec<(String, String)>,
     pub extra_body: Option<Map<String, Value>>,
     pub mock: Option<Mock>,
+    /// Hooks around the call (none by default).
+    pub hooks: Option<Arc<hooks::Pipeline>>,
 }
 
 impl Default for CallOptions {
@@ -80,6 +84,7 @@ impl Default for CallOptions {
             extra_headers: Vec::new(),
             extra_body: None,
             mock: None,
+            hooks: None,
         }
     }
 }
@@ -121,8 +126,13 @@ impl CallMeta {
     }
 
     fn mock(started: Instant) -> Self {
+        Self::answered_by("mock", started)
+    }
+
+    /// A call answered without an upstream (a mock, a hook, a cache).
+    fn answered_by(provider: &'static str, started: Instant) -> Self {
         CallMeta {
-            provider: "mock",
+            provider,
             api_base: String::new(),
             upstream_model: String::new(),
             attempts: 1,
@@ -378,8 +388,51 @@ fn validate(req: &ChatRequest) -> Result<()> {
     Ok(())
 }
 
-/// A unary chat completion.
+fn request_id() -> String {
+    format!("req-{:016x}", rand::random::<u64>())
+}
+
+/// The pipeline's hooks, when any are configured.
+fn hooks(opts: &CallOptions) -> Option<&Arc<hooks::Pipeline>> {
+    opts.hooks.as_ref().filter(|h| !h.is_empty())
+}
+
+/// A unary chat completion: pre hooks, the upstream call, post hooks.
 pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Completed<ChatCompletion>> {
+    let Some(pipeline) = hooks(opts) else {
+        return unary(req, opts).await;
+    };
+    let started = Instant::now();
+    let ctx = HookContext::new(request_id(), req.model.clone(), false);
+    let mut req = req;
+    match pipeline.pre(&ctx, &mut req).await? {
+        Pre::Continue => {}
+        Pre::Reject(e) => return Err(e.with_context("openai", &req.model)),
+        Pre::Respond(response) => {
+            let meta = CallMeta::answered_by("hook", started);
+            return Ok(Completed {
+                response: *response,
+                meta,
+                elapsed: started.elapsed(),
+            });
+        }
+    }
+    let (mut outcome, meta) = match unary(req, opts).await {
+        Ok(done) => (Ok(done.response), Some(done.meta)),
+        Err(e) => (Err(e), None),
+    };
+    pipeline.post(&ctx, &mut outcome).await?;
+    let response = outcome?;
+    let meta = meta.unwrap_or_else(|| CallMeta::answered_by("hook", started));
+    Ok(Completed {
+        response,
+        meta,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The upstream part of a unary completion (or its mock).
+async fn unary(req: ChatRequest, opts: &CallOptions) -> Result<Completed<ChatCompletion>> {
     let started = Instant::now();
     match &opts.mock {
         Some(Mock::Text(t)) => {
@@ -436,12 +489,36 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
     }
 }
 
-/// A streamed chat completion. Connecting, the status and the first error body are retried
-/// like unary calls; once chunks flow, a failure ends the stream with a classified error.
+/// A streamed chat completion: pre hooks (a hook's answer is replayed as chunks), the upstream
+/// stream, and the stream hooks on every chunk.
 pub async fn completion_stream(
     req: ChatRequest,
     opts: &CallOptions,
 ) -> Result<(ChatStream, CallMeta)> {
+    let Some(pipeline) = hooks(opts) else {
+        return open_stream(req, opts).await;
+    };
+    let started = Instant::now();
+    let ctx = HookContext::new(request_id(), req.model.clone(), true);
+    let mut req = req;
+    match pipeline.pre(&ctx, &mut req).await? {
+        Pre::Continue => {}
+        Pre::Reject(e) => return Err(e.with_context("openai", &req.model)),
+        Pre::Respond(response) => {
+            let chunks = crate::streaming::completion_to_chunks(&response);
+            let mut s = ChatStream::from_chunks(chunks, "hook", req.model.clone());
+            s.set_hooks(pipeline.clone(), ctx);
+            return Ok((s, CallMeta::answered_by("hook", started)));
+        }
+    }
+    let (mut s, meta) = open_stream(req, opts).await?;
+    s.set_hooks(pipeline.clone(), ctx);
+    Ok((s, meta))
+}
+
+/// The upstream part of a stream. Connecting, the status and the first error body are retried
+/// like unary calls; once chunks flow, a failure ends the stream with a classified error.
+async fn open_stream(req: ChatRequest, opts: &CallOptions) -> Result<(ChatStream, CallMeta)> {
     let started = Instant::now();
     match &opts.mock {
         Some(Mock::Text(t)) => {

@@ -18,8 +18,13 @@ use futures_util::{Stream, StreamExt};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::transport_error;
+use std::sync::Arc;
+
+use crate::hooks::{self, ChunkAction, HookContext};
 use crate::providers::Route;
-use crate::types::{ChatChunk, Usage};
+use crate::types::{
+    ChatChunk, ChatCompletion, ChunkChoice, Delta, DeltaFunction, DeltaToolCall, Usage,
+};
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
@@ -79,6 +84,8 @@ pub struct ChatStream {
     usage: Option<Usage>,
     provider: &'static str,
     model: String,
+    /// Stream hooks and their call context.
+    hooks: Option<(Arc<hooks::Pipeline>, HookContext)>,
 }
 
 impl std::fmt::Debug for ChatStream {
@@ -120,6 +127,7 @@ impl ChatStream {
             usage: None,
             provider,
             model: caller_model,
+            hooks: None,
         }
     }
 
@@ -138,7 +146,13 @@ impl ChatStream {
             usage: None,
             provider,
             model,
+            hooks: None,
         }
+    }
+
+    /// Runs `pipeline`'s stream hooks on every chunk from now on.
+    pub fn set_hooks(&mut self, pipeline: Arc<hooks::Pipeline>, ctx: HookContext) {
+        self.hooks = Some((pipeline, ctx));
     }
 
     /// Usage reported by the upstream, once its usage chunk has arrived.
@@ -245,6 +259,12 @@ impl ChatStream {
                 }
                 Some(Ok(c)) => c,
             };
+            let mut chunk = chunk;
+            if let Some((pipeline, ctx)) = &self.hooks {
+                if pipeline.stream(ctx, &mut chunk) == ChunkAction::Drop {
+                    continue;
+                }
+            }
             if self.first_chunk_at.is_none() {
                 self.first_chunk_at = Some(Instant::now());
             }
@@ -297,4 +317,89 @@ impl ChatStream {
         self.chunks -= 1;
         self.pending.push_front(chunk);
     }
+}
+
+/// A complete response as the chunks a stream of it would have carried: per choice a role
+/// chunk, the content, one chunk per tool call, the finish chunk; then a usage chunk. Used to
+/// replay answers that did not come from an upstream stream (hooks, cache).
+pub fn completion_to_chunks(r: &ChatCompletion) -> Vec<ChatChunk> {
+    let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatChunk {
+        id: r.id.clone(),
+        object: "chat.completion.chunk".into(),
+        created: r.created,
+        model: r.model.clone(),
+        choices,
+        usage,
+        system_fingerprint: r.system_fingerprint.clone(),
+        extra: serde_json::Map::new(),
+    };
+    let one = |index: u32, delta: Delta, finish: Option<String>| ChunkChoice {
+        index,
+        delta,
+        finish_reason: finish,
+        logprobs: None,
+    };
+    let mut out = Vec::new();
+    for c in &r.choices {
+        let role = Some(c.message.role.clone());
+        out.push(chunk(
+            vec![one(
+                c.index,
+                Delta {
+                    role,
+                    content: Some(String::new()),
+                    ..Default::default()
+                },
+                None,
+            )],
+            None,
+        ));
+        if let Some(text) = c.message.content.as_ref().filter(|t| !t.is_empty()) {
+            out.push(chunk(
+                vec![one(
+                    c.index,
+                    Delta {
+                        content: Some(text.clone()),
+                        ..Default::default()
+                    },
+                    None,
+                )],
+                None,
+            ));
+        }
+        for (i, tc) in c.message.tool_calls.iter().flatten().enumerate() {
+            let call = DeltaToolCall {
+                index: i as u32,
+                id: Some(tc.id.clone()),
+                kind: Some(tc.kind.clone()),
+                function: Some(DeltaFunction {
+                    name: Some(tc.function.name.clone()),
+                    arguments: Some(tc.function.arguments.clone()),
+                }),
+            };
+            out.push(chunk(
+                vec![one(
+                    c.index,
+                    Delta {
+                        tool_calls: Some(vec![call]),
+                        ..Default::default()
+                    },
+                    None,
+                )],
+                None,
+            ));
+        }
+        out.push(chunk(
+            vec![one(
+                c.index,
+                Delta::default(),
+                c.finish_reason.clone().or_else(|| Some("stop".into())),
+            )],
+            None,
+        ));
+    }
+    if let Some(u) = &r.usage {
+        out.push(chunk(Vec::new(), Some(u.clone())));
+    }
+    out
 }
