@@ -145,3 +145,20 @@ def test_message_token_counts_match_litellm(litellm):
         llmux.token_counter(model="gpt-4", messages=with_image)
         > llmux.token_counter(model="gpt-4", messages=msgs) + 85
     )
+
+
+def test_pricing_file_hot_reload(tmp_path):
+    import os
+    import time
+
+    f = tmp_path / "prices.json"
+    f.write_text(json.dumps({"hot-model": {"input_cost_per_token": 1e-6, "output_cost_per_token": 0}}))
+    assert llmux.set_pricing_file(f) == 1
+    assert llmux.cost_per_token("hot-model", 1000, 0)[0] == pytest.approx(1e-3)
+    f.write_text(json.dumps({"hot-model": {"input_cost_per_token": 3e-6, "output_cost_per_token": 0}}))
+    later = time.time() + 5
+    os.utime(f, (later, later))
+    deadline = time.monotonic() + 5
+    while llmux.cost_per_token("hot-model", 1000, 0)[0] != pytest.approx(3e-3):
+        assert time.monotonic() < deadline, "the changed price file was not reloaded"
+        time.sleep(0.1)

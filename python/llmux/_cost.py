@@ -14,6 +14,7 @@ from typing import Any, Optional, Tuple, Union
 from . import _llmux
 
 __all__ = [
+    "set_pricing_file",
     "token_counter",
     "completion_cost",
     "cost_per_token",
@@ -176,3 +177,9 @@ def token_counter(
     if messages is not None:
         return _llmux.token_count(model or "gpt-4", messages=messages, tools=tools)
     raise TypeError("token_counter needs text= or messages=")
+
+
+def set_pricing_file(path: Union[str, os.PathLike]) -> int:
+    """Loads a price file (LiteLLM's format) over the bundled prices and reloads it whenever it
+    changes, without a restart. Returns the number of entries loaded."""
+    return _llmux.watch_price_file(os.fspath(path))

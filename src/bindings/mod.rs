@@ -33,6 +33,7 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pricing::model_cost, m)?)?;
     m.add_function(wrap_pyfunction!(pricing::unpriced_count, m)?)?;
     m.add_function(wrap_pyfunction!(pricing::token_count, m)?)?;
+    m.add_function(wrap_pyfunction!(pricing::watch_price_file, m)?)?;
     m.add_function(wrap_pyfunction!(testing::serve_fake_upstream, m)?)?;
     m.add_class::<stream::NativeStream>()?;
     m.add_class::<bridge::Bridge>()?;

@@ -109,3 +109,9 @@ pub fn token_count(
     };
     counted.map_err(|e| to_pyerr(py, e))
 }
+
+/// Loads a price file and reloads it whenever it changes; returns its entry count.
+#[pyfunction]
+pub fn watch_price_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<usize> {
+    pricing::watch_file(&path).map_err(|e| to_pyerr(py, e))
+}

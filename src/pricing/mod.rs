@@ -124,6 +124,54 @@ pub fn load_file(path: &std::path::Path) -> Result<usize> {
     Ok(n)
 }
 
+/// A price file that is reloaded when it changes.
+struct Watched {
+    path: std::path::PathBuf,
+    modified: Option<std::time::SystemTime>,
+    checked: std::time::Instant,
+}
+
+static WATCHED: std::sync::Mutex<Option<Watched>> = std::sync::Mutex::new(None);
+
+/// How often a watched price file's modification time is looked at (on lookups).
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Loads `path` now and reloads it whenever its modification time changes (checked at most
+/// once a second, on lookups). A reload that fails keeps the previous prices and is logged.
+pub fn watch_file(path: &std::path::Path) -> Result<usize> {
+    let n = load_file(path)?;
+    let mut w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
+    *w = Some(Watched { path: path.to_owned(), modified: modified(path), checked: std::time::Instant::now() });
+    Ok(n)
+}
+
+fn reload_if_changed() {
+    let mut w = match WATCHED.try_lock() {
+        Ok(w) => w,
+        Err(_) => return, // another thread is checking
+    };
+    let Some(watched) = w.as_mut() else { return };
+    if watched.checked.elapsed() < WATCH_INTERVAL {
+        return;
+    }
+    watched.checked = std::time::Instant::now();
+    let now = modified(&watched.path);
+    if now == watched.modified {
+        return;
+    }
+    match load_file(&watched.path) {
+        Ok(n) => {
+            watched.modified = now;
+            tracing::info!(path = %watched.path.display(), entries = n, "price file reloaded");
+        }
+        Err(e) => tracing::warn!(path = %watched.path.display(), error = %e, "price file reload failed; keeping the previous prices"),
+    }
+}
+
 /// How many cost computations found no price.
 pub fn unpriced_count() -> u64 {
     UNPRICED.load(Ordering::Relaxed)
@@ -157,6 +205,7 @@ fn candidates(provider: Option<&str>, model: &str) -> Vec<String> {
 
 /// The entry for a model (`provider` is the route's provider prefix, when known).
 pub fn lookup(provider: Option<&str>, model: &str) -> Option<Entry> {
+    reload_if_changed();
     let t = snapshot();
     candidates(provider, model)
         .iter()
@@ -307,6 +356,29 @@ mod tests {
             None
         );
         assert!(unpriced_count() > before);
+    }
+
+    #[test]
+    fn watched_file_reloads_on_change() {
+        let dir = std::env::temp_dir().join(format!("llmux-prices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("prices.json");
+        std::fs::write(&path, r#"{"watched-model": {"input_cost_per_token": 1.0}}"#).unwrap();
+        watch_file(&path).unwrap();
+        assert_eq!(num(&lookup(None, "watched-model").unwrap(), "input_cost_per_token"), Some(1.0));
+        std::thread::sleep(WATCH_INTERVAL + std::time::Duration::from_millis(50));
+        std::fs::write(&path, r#"{"watched-model": {"input_cost_per_token": 2.0}}"#).unwrap();
+        // Make sure the modification time differs even on coarse clocks.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
+        assert_eq!(num(&lookup(None, "watched-model").unwrap(), "input_cost_per_token"), Some(2.0));
+        // A broken file keeps the previous prices.
+        std::thread::sleep(WATCH_INTERVAL + std::time::Duration::from_millis(50));
+        std::fs::write(&path, "not json").unwrap();
+        let later = later + std::time::Duration::from_secs(2);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
+        assert_eq!(num(&lookup(None, "watched-model").unwrap(), "input_cost_per_token"), Some(2.0));
+        *WATCHED.lock().unwrap() = None;
     }
 
     #[test]
