@@ -583,7 +583,7 @@ pub async fn embedding(
             .bytes()
             .await
             .map_err(|e| transport_error(&e, &route.api_base))?;
-        route.dialect.parse_embedding(&route, &body)
+        route.dialect.parse_embedding(&route, &req, &body)
     })
     .await;
     match result {

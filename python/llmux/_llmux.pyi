@@ -96,5 +96,6 @@ def model_cost() -> dict[str, Any]: ...
 def unpriced_count() -> int: ...
 def token_count(model: str, text: Any = None, messages: Any = None, tools: Any = None) -> int:
     """Tokens of ``text`` (a string or list of strings) or of ``messages`` (+ ``tools``)."""
+
 def watch_price_file(path: Any) -> int:
     """Loads a price file and reloads it whenever it changes."""

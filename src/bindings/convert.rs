@@ -130,6 +130,12 @@ pub fn split_kwargs(
                     opts.endpoint.api_base = Some(s);
                 }
             }
+            // LiteLLM's name for Bedrock's endpoint; `api_base` wins when both are given.
+            "aws_bedrock_runtime_endpoint" => {
+                if let Some(s) = opt_string(&v, key)? {
+                    opts.endpoint.api_base.get_or_insert(s);
+                }
+            }
             "api_key" => opts.endpoint.api_key = opt_string(&v, key)?.map(Secret::new),
             "custom_llm_provider" => opts.endpoint.custom_llm_provider = opt_string(&v, key)?,
             "api_version" => opts.endpoint.api_version = opt_string(&v, key)?,

@@ -96,10 +96,7 @@ pub fn token_count(
             }
         }
     } else if let Some(m) = messages {
-        let msgs = match super::convert::messages(m) {
-            Ok(v) => v,
-            Err(e) => return Err(e),
-        };
+        let msgs = super::convert::messages(m)?;
         let tools = tools.map(|t| value(t, "tools")).transpose()?;
         pricing::tokens::count_messages(model, &msgs, tools.as_ref())
     } else {

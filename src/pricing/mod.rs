@@ -145,7 +145,11 @@ fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
 pub fn watch_file(path: &std::path::Path) -> Result<usize> {
     let n = load_file(path)?;
     let mut w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
-    *w = Some(Watched { path: path.to_owned(), modified: modified(path), checked: std::time::Instant::now() });
+    *w = Some(Watched {
+        path: path.to_owned(),
+        modified: modified(path),
+        checked: std::time::Instant::now(),
+    });
     Ok(n)
 }
 
@@ -168,7 +172,9 @@ fn reload_if_changed() {
             watched.modified = now;
             tracing::info!(path = %watched.path.display(), entries = n, "price file reloaded");
         }
-        Err(e) => tracing::warn!(path = %watched.path.display(), error = %e, "price file reload failed; keeping the previous prices"),
+        Err(e) => {
+            tracing::warn!(path = %watched.path.display(), error = %e, "price file reload failed; keeping the previous prices")
+        }
     }
 }
 
@@ -365,19 +371,47 @@ mod tests {
         let path = dir.join("prices.json");
         std::fs::write(&path, r#"{"watched-model": {"input_cost_per_token": 1.0}}"#).unwrap();
         watch_file(&path).unwrap();
-        assert_eq!(num(&lookup(None, "watched-model").unwrap(), "input_cost_per_token"), Some(1.0));
+        assert_eq!(
+            num(
+                &lookup(None, "watched-model").unwrap(),
+                "input_cost_per_token"
+            ),
+            Some(1.0)
+        );
         std::thread::sleep(WATCH_INTERVAL + std::time::Duration::from_millis(50));
         std::fs::write(&path, r#"{"watched-model": {"input_cost_per_token": 2.0}}"#).unwrap();
         // Make sure the modification time differs even on coarse clocks.
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
-        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
-        assert_eq!(num(&lookup(None, "watched-model").unwrap(), "input_cost_per_token"), Some(2.0));
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(
+            num(
+                &lookup(None, "watched-model").unwrap(),
+                "input_cost_per_token"
+            ),
+            Some(2.0)
+        );
         // A broken file keeps the previous prices.
         std::thread::sleep(WATCH_INTERVAL + std::time::Duration::from_millis(50));
         std::fs::write(&path, "not json").unwrap();
         let later = later + std::time::Duration::from_secs(2);
-        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
-        assert_eq!(num(&lookup(None, "watched-model").unwrap(), "input_cost_per_token"), Some(2.0));
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(
+            num(
+                &lookup(None, "watched-model").unwrap(),
+                "input_cost_per_token"
+            ),
+            Some(2.0)
+        );
         *WATCHED.lock().unwrap() = None;
     }
 

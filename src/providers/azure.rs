@@ -129,7 +129,12 @@ impl Provider for Azure {
         })
     }
 
-    fn parse_embedding(&self, route: &Route, body: &[u8]) -> Result<EmbeddingResponse> {
+    fn parse_embedding(
+        &self,
+        route: &Route,
+        _req: &EmbeddingRequest,
+        body: &[u8],
+    ) -> Result<EmbeddingResponse> {
         openai::parse_embedding(route, body)
     }
 }

@@ -83,7 +83,14 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
         )))
     }
 
-    fn parse_embedding(&self, route: &Route, _body: &[u8]) -> Result<EmbeddingResponse> {
+    /// `req` is the request the answer is for (some providers report no usage, or answer in
+    /// another encoding than asked).
+    fn parse_embedding(
+        &self,
+        route: &Route,
+        _req: &EmbeddingRequest,
+        _body: &[u8],
+    ) -> Result<EmbeddingResponse> {
         Err(Error::bad_request(format!(
             "provider '{}' has no embeddings endpoint",
             route.provider
@@ -456,6 +463,25 @@ mod tests {
             resolve("gpt-4o", &ep).unwrap_err().kind,
             ErrorKind::InvalidConfig
         );
+    }
+
+    #[test]
+    fn native_prefixes_route_to_their_dialects() {
+        let ep = Endpoint {
+            api_key: Some(Secret::new("k")),
+            ..Default::default()
+        };
+        let r = resolve("anthropic/claude-sonnet-4-5", &ep).unwrap();
+        assert_eq!(
+            (r.provider, r.model.as_str(), r.api_base.as_str()),
+            (
+                "anthropic",
+                "claude-sonnet-4-5",
+                "https://api.anthropic.com"
+            )
+        );
+        let r = resolve("gemini/gemini-2.5-flash", &ep).unwrap();
+        assert_eq!(r.provider, "gemini");
     }
 
     #[test]

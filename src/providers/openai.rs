@@ -192,7 +192,12 @@ impl Provider for OpenAi {
         })
     }
 
-    fn parse_embedding(&self, route: &Route, body: &[u8]) -> Result<EmbeddingResponse> {
+    fn parse_embedding(
+        &self,
+        route: &Route,
+        _req: &EmbeddingRequest,
+        body: &[u8],
+    ) -> Result<EmbeddingResponse> {
         parse_embedding(route, body)
     }
 }
