@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod pricing;
 pub mod providers;
 pub mod retry;
+pub mod router;
 pub mod streaming;
 pub mod types;
 

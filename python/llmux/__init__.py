@@ -55,6 +55,7 @@ from .exceptions import (
     UnsupportedParamsError,
 )
 from .integrations.custom_logger import CustomLogger
+from .router import Router
 from .types import (
     ChatCompletionDeltaToolCall,
     ChatCompletionMessageToolCall,
@@ -296,6 +297,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RejectedRequestError",
+    "Router",
     "ServiceUnavailableError",
     "StreamingChoices",
     "Timeout",

@@ -6,6 +6,7 @@ from typing_extensions import TypeAlias, final
 
 __all__ = [
     "Bridge",
+    "NativeRouter",
     "NativeStream",
     "TaskHandle",
     "__version__",
@@ -99,3 +100,39 @@ def token_count(model: str, text: Any = None, messages: Any = None, tools: Any =
 
 def watch_price_file(path: Any) -> int:
     """Loads a price file and reloads it whenever it changes."""
+
+@final
+class NativeRouter:
+    """The engine's router; ``llmux.Router`` wraps it."""
+
+    def __new__(cls, model_list: list[Any], settings_dict: dict[str, Any]) -> NativeRouter: ...
+    def completion(
+        self, model: str, messages: Any, kwargs: Optional[dict[str, Any]] = None, tags: list[str] = ...
+    ) -> _Unary: ...
+    def acompletion(
+        self,
+        bridge: Bridge,
+        fut: Any,
+        model: str,
+        messages: Any,
+        kwargs: Optional[dict[str, Any]] = None,
+        tags: list[str] = ...,
+    ) -> TaskHandle: ...
+    def completion_stream(
+        self, model: str, messages: Any, kwargs: Optional[dict[str, Any]] = None, tags: list[str] = ...
+    ) -> tuple[NativeStream, Optional[_Batch]]: ...
+    def acompletion_stream(
+        self,
+        bridge: Bridge,
+        fut: Any,
+        model: str,
+        messages: Any,
+        kwargs: Optional[dict[str, Any]] = None,
+        tags: list[str] = ...,
+    ) -> TaskHandle: ...
+    def embedding(self, model: str, input: Any, kwargs: Optional[dict[str, Any]] = None) -> _Unary: ...
+    def aembedding(
+        self, bridge: Bridge, fut: Any, model: str, input: Any, kwargs: Optional[dict[str, Any]] = None
+    ) -> TaskHandle: ...
+    def deployment_stats(self) -> list[dict[str, Any]]: ...
+    def retry_budget(self) -> dict[str, int]: ...

@@ -10,6 +10,7 @@ mod completion;
 mod convert;
 mod errors;
 mod pricing;
+mod router;
 mod runtime;
 mod stream;
 mod testing;
@@ -38,5 +39,6 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::NativeStream>()?;
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<bridge::TaskHandle>()?;
+    m.add_class::<router::NativeRouter>()?;
     Ok(())
 }

@@ -119,6 +119,12 @@ pub struct Opened {
     caller_model: String,
 }
 
+impl Opened {
+    pub fn meta(&self) -> &CallMeta {
+        &self.meta
+    }
+}
+
 /// Opens the stream through the pipeline and pulls its first batch.
 pub async fn open(opened: Result<(ChatStream, CallMeta)>, caller_model: String) -> Result<Opened> {
     let (stream, meta) = opened?;

@@ -86,6 +86,29 @@ pub struct ChatStream {
     model: String,
     /// Stream hooks and their call context.
     hooks: Option<(Arc<hooks::Pipeline>, HookContext)>,
+    /// Items already pulled (by [`ChatStream::prefetch_first`]), handed out first.
+    ready: VecDeque<Result<StreamItem>>,
+    /// Called once when the stream ends, fails, or is dropped.
+    on_finish: Option<OnFinish>,
+}
+
+/// How a stream ended, for whoever tracks it (the router's stats).
+#[derive(Debug, Clone)]
+pub struct StreamSummary {
+    pub chunks: u64,
+    pub first_chunk_at: Option<Instant>,
+    pub usage: Option<Usage>,
+    /// The error that ended it, if any; `None` also when the caller dropped it early.
+    pub error: Option<crate::error::ErrorKind>,
+    pub completed: bool,
+}
+
+type OnFinish = Box<dyn FnOnce(StreamSummary) + Send>;
+
+impl Drop for ChatStream {
+    fn drop(&mut self) {
+        self.fire_finish(None);
+    }
 }
 
 impl std::fmt::Debug for ChatStream {
@@ -128,6 +151,8 @@ impl ChatStream {
             provider,
             model: caller_model,
             hooks: None,
+            ready: VecDeque::new(),
+            on_finish: None,
         }
     }
 
@@ -147,6 +172,39 @@ impl ChatStream {
             provider,
             model,
             hooks: None,
+            ready: VecDeque::new(),
+            on_finish: None,
+        }
+    }
+
+    /// Calls `f` once when the stream ends, fails or is dropped.
+    pub fn on_finish(&mut self, f: impl FnOnce(StreamSummary) + Send + 'static) {
+        self.on_finish = Some(Box::new(f));
+    }
+
+    fn fire_finish(&mut self, error: Option<crate::error::ErrorKind>) {
+        if let Some(f) = self.on_finish.take() {
+            f(StreamSummary {
+                chunks: self.chunks,
+                first_chunk_at: self.first_chunk_at,
+                usage: self.usage.clone(),
+                error,
+                completed: self.finished && error.is_none(),
+            });
+        }
+    }
+
+    /// Waits for the first chunk and keeps it for [`ChatStream::next`]. A stream that fails
+    /// before its first chunk fails here, where the caller can still retry or fall back
+    /// without having shown anything.
+    pub async fn prefetch_first(&mut self) -> Result<()> {
+        match self.next().await {
+            Some(Err(e)) => Err(e),
+            Some(Ok(item)) => {
+                self.ready.push_back(Ok(item));
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -238,6 +296,19 @@ impl ChatStream {
 
     /// The next chunk for the caller; `None` at the end. After an error the stream is over.
     pub async fn next(&mut self) -> Option<Result<StreamItem>> {
+        if let Some(item) = self.ready.pop_front() {
+            return Some(item);
+        }
+        let out = self.next_inner().await;
+        match &out {
+            None => self.fire_finish(None),
+            Some(Err(e)) => self.fire_finish(Some(e.kind)),
+            Some(Ok(_)) => {}
+        }
+        out
+    }
+
+    async fn next_inner(&mut self) -> Option<Result<StreamItem>> {
         if self.finished {
             return None;
         }

@@ -1,0 +1,156 @@
+"""``llmux.Router``: LiteLLM's ``Router`` on the engine's router.
+
+Deployments (``model_list`` entries with ``model_name``, ``litellm_params``, ``model_info``) are
+grouped by ``model_name``; each call picks a deployment of the group with the routing strategy,
+retries on other deployments, cools failing ones down, and falls back to other groups. Routing
+statistics (in-flight counts, latency, per-minute usage, cooldowns) live in the engine; with no
+Redis configured they are per process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Union
+
+from . import _llmux
+from ._aio import run as _run
+from ._stream_wrapper import CustomStreamWrapper
+from .types import EmbeddingResponse, ModelResponse
+
+__all__ = ["Router"]
+
+_STRATEGIES = (
+    "simple-shuffle",
+    "least-busy",
+    "latency-based-routing",
+    "usage-based-routing",
+    "usage-based-routing-v2",
+    "cost-based-routing",
+)
+
+# Constructor keywords LiteLLM accepts that change nothing observable here.
+_NO_EFFECT = frozenset({"set_verbose", "debug_level", "client_ttl", "cache_kwargs", "polling_interval"})
+
+
+def _tags(kwargs: dict) -> List[str]:
+    meta = kwargs.get("metadata")
+    tags = (meta or {}).get("tags") if isinstance(meta, dict) else None
+    tags = tags or kwargs.get("tags")
+    return [str(t) for t in tags] if tags else []
+
+
+class Router:
+    """LiteLLM-compatible router. See the README's Router section for what each setting does."""
+
+    def __init__(
+        self,
+        model_list: Optional[List[Dict[str, Any]]] = None,
+        routing_strategy: str = "simple-shuffle",
+        num_retries: Optional[int] = None,
+        timeout: Optional[float] = None,
+        fallbacks: Optional[List[Dict[str, Any]]] = None,
+        context_window_fallbacks: Optional[List[Dict[str, Any]]] = None,
+        content_policy_fallbacks: Optional[List[Dict[str, Any]]] = None,
+        default_fallbacks: Optional[List[str]] = None,
+        max_fallbacks: int = 5,
+        allowed_fails: Optional[int] = None,
+        cooldown_time: Optional[float] = None,
+        disable_cooldowns: bool = False,
+        retry_budget: Optional[Dict[str, float]] = None,
+        redis_url: Optional[str] = None,
+        redis_host: Optional[str] = None,
+        redis_port: Optional[int] = None,
+        redis_password: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        unknown = sorted(set(kwargs) - _NO_EFFECT)
+        if unknown:
+            raise TypeError(f"Router() got settings llmux does not implement: {', '.join(unknown)}")
+        if redis_url or redis_host or redis_port or redis_password:
+            raise ValueError(
+                "Router: shared routing state in Redis is not available in this version of llmux; "
+                "omit redis_* to route with per-process statistics"
+            )
+        if routing_strategy not in _STRATEGIES:
+            valid = ", ".join(_STRATEGIES)
+            raise ValueError(f"routing_strategy must be one of {valid}; got {routing_strategy!r}")
+        fb = list(fallbacks or [])
+        if default_fallbacks:
+            fb.append({"*": list(default_fallbacks)})
+        self.model_list: List[Dict[str, Any]] = list(model_list or [])
+        self.routing_strategy = routing_strategy
+        self.num_retries = 2 if num_retries is None else num_retries
+        self.timeout = timeout
+        self.fallbacks = fb
+        self.context_window_fallbacks = list(context_window_fallbacks or [])
+        self.content_policy_fallbacks = list(content_policy_fallbacks or [])
+        self.allowed_fails = 3 if allowed_fails is None else allowed_fails
+        self.cooldown_time = 5.0 if cooldown_time is None else cooldown_time
+        settings: Dict[str, Any] = {
+            "routing_strategy": routing_strategy,
+            "num_retries": self.num_retries,
+            "timeout": timeout,
+            "fallbacks": fb,
+            "context_window_fallbacks": self.context_window_fallbacks,
+            "content_policy_fallbacks": self.content_policy_fallbacks,
+            "max_fallbacks": max_fallbacks,
+            "allowed_fails": self.allowed_fails,
+            "cooldown_time": self.cooldown_time,
+            "disable_cooldowns": disable_cooldowns,
+        }
+        if retry_budget is not None:
+            settings["retry_budget"] = dict(retry_budget)
+        self._native = _llmux.NativeRouter(self.model_list, settings)
+
+    # --- introspection ----------------------------------------------------------------
+    def get_model_names(self) -> List[str]:
+        seen: List[str] = []
+        for d in self.model_list:
+            if d["model_name"] not in seen:
+                seen.append(d["model_name"])
+        return seen
+
+    def get_model_list(self, model_name: Optional[str] = None) -> List[Dict[str, Any]]:
+        return [d for d in self.model_list if model_name is None or d["model_name"] == model_name]
+
+    def get_deployment_stats(self) -> List[Dict[str, Any]]:
+        """Per deployment: in-flight count, latency and TTFT averages, this minute's requests,
+        tokens and failures, successes/failures since start, cooldown left (seconds)."""
+        return self._native.deployment_stats()
+
+    def get_retry_budget(self) -> Dict[str, int]:
+        """The retry budget's counters (first attempts and retries in the window, retries
+        allowed now, retries refused since start)."""
+        return self._native.retry_budget()
+
+    # --- calls ------------------------------------------------------------------------
+    def completion(
+        self, model: str, messages: Optional[list] = None, **kwargs: Any
+    ) -> Union[ModelResponse, CustomStreamWrapper]:
+        messages = messages if messages is not None else kwargs.pop("messages", [])
+        tags = _tags(kwargs)
+        if kwargs.pop("stream", False):
+            native, first = self._native.completion_stream(model, messages, kwargs, tags)
+            return CustomStreamWrapper(native, model, first)
+        d, hidden = self._native.completion(model, messages, kwargs, tags)
+        return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
+
+    async def acompletion(
+        self, model: str, messages: Optional[list] = None, **kwargs: Any
+    ) -> Union[ModelResponse, CustomStreamWrapper]:
+        messages = messages if messages is not None else kwargs.pop("messages", [])
+        tags = _tags(kwargs)
+        if kwargs.pop("stream", False):
+            native, first = await _run(self._native.acompletion_stream, model, messages, kwargs, tags)
+            return CustomStreamWrapper(native, model, first)
+        d, hidden = await _run(self._native.acompletion, model, messages, kwargs, tags)
+        return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
+
+    def embedding(self, model: str, input: Any = None, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002
+        input = input if input is not None else kwargs.pop("input", [])  # noqa: A001
+        d, hidden = self._native.embedding(model, input, kwargs)
+        return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
+
+    async def aembedding(self, model: str, input: Any = None, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002
+        input = input if input is not None else kwargs.pop("input", [])  # noqa: A001
+        d, hidden = await _run(self._native.aembedding, model, input, kwargs)
+        return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])

@@ -1,0 +1,693 @@
+//! The Router: LiteLLM's `Router` over routing statistics shared through [`ClusterStats`].
+//!
+//! A call names a model group; the router filters the group's deployments (cooled down, over
+//! their rpm/tpm, at `max_parallel_requests`, tags), picks one with the configured
+//! [`Strategy`], and calls the pipeline with that deployment's model and credentials. It is the
+//! only retry loop (the pipeline's own retries are off): a retryable failure is retried, on
+//! another deployment when one is available, while the [`RetryBudget`] allows; the deployment
+//! that failed may cool down (`allowed_fails` failures in a minute, or at once on 429, 401,
+//! 404; quota and authentication failures for longer). When a group fails for good, the
+//! fallback groups for that kind of failure are tried in order, each with its own retries.
+//! Streams are routed the same way until their first chunk; after it, a failure ends the
+//! stream with its classified error.
+//!
+//! Knows deployments and stats, not wire formats.
+
+pub mod budget;
+pub mod stats;
+pub mod strategy;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::{self, CallMeta, CallOptions, Completed, Mock};
+use crate::providers::Endpoint;
+use crate::retry::Backoff;
+use crate::streaming::ChatStream;
+use crate::types::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage};
+use budget::{BudgetSnapshot, RetryBudget};
+use stats::{ClusterStats, DeploymentStats, Outcome};
+use strategy::{Candidate, Strategy};
+
+/// One deployment of a model group (a `model_list` entry).
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// `model_info.id`, or a stable hash of the entry.
+    pub id: String,
+    /// The group name callers use (`model_name`).
+    pub group: String,
+    /// `litellm_params.model`: `provider/model`.
+    pub model: String,
+    pub endpoint: Endpoint,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub weight: Option<f64>,
+    pub max_parallel_requests: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub tags: Vec<String>,
+    /// `(input, output)` USD per token, from the entry or the price table.
+    pub cost_per_token: Option<(f64, f64)>,
+    /// Other `litellm_params` sent as request parameters (`temperature`, vendor options).
+    pub params: Map<String, Value>,
+    pub mock: Option<Mock>,
+    pub extra_headers: Vec<(String, String)>,
+}
+
+/// Fallback lists: for a group, the groups to try next, in order.
+pub type Fallbacks = Vec<(String, Vec<String>)>;
+
+/// The router's settings (LiteLLM's constructor parameters).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub strategy: Strategy,
+    pub num_retries: u32,
+    pub timeout: Duration,
+    pub fallbacks: Fallbacks,
+    pub context_window_fallbacks: Fallbacks,
+    pub content_policy_fallbacks: Fallbacks,
+    pub max_fallbacks: usize,
+    pub allowed_fails: u64,
+    pub cooldown_time: Duration,
+    pub disable_cooldowns: bool,
+    pub backoff: Backoff,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            strategy: Strategy::SimpleShuffle,
+            num_retries: 2,
+            timeout: pipeline::DEFAULT_TIMEOUT,
+            fallbacks: Vec::new(),
+            context_window_fallbacks: Vec::new(),
+            content_policy_fallbacks: Vec::new(),
+            max_fallbacks: 5,
+            allowed_fails: 3,
+            cooldown_time: Duration::from_secs(5),
+            disable_cooldowns: false,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// How long a deployment cools down for failures that waiting will not fix soon.
+const LONG_COOLDOWN: Duration = Duration::from_secs(60);
+
+/// A routed result with where it went.
+#[derive(Debug)]
+pub struct Routed<T> {
+    pub value: T,
+    pub deployment_id: String,
+    pub model_group: String,
+    /// Fallback groups tried before the one that answered.
+    pub attempted_fallbacks: u32,
+    /// Attempts in the group that answered.
+    pub attempts: u32,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    deployments: Vec<Arc<Deployment>>,
+    settings: Settings,
+    stats: Arc<dyn ClusterStats>,
+    budget: RetryBudget,
+}
+
+/// When an attempt's stats are settled: now (with its tokens), or by the attempt itself later
+/// (a stream settles when it ends).
+enum Settle {
+    Now(Option<u64>),
+    Later,
+}
+
+/// The per-call inputs of one attempt.
+struct Call<'a> {
+    group: &'a str,
+    tags: &'a [String],
+    est_tokens: u64,
+    deadline: Instant,
+}
+
+impl Router {
+    pub fn new(
+        deployments: Vec<Deployment>,
+        settings: Settings,
+        stats: Arc<dyn ClusterStats>,
+        budget: RetryBudget,
+    ) -> Result<Self> {
+        let mut ids = HashSet::new();
+        for d in &deployments {
+            if !ids.insert(d.id.clone()) {
+                return Err(Error::invalid_config(format!(
+                    "model_list: duplicate deployment id '{}'",
+                    d.id
+                )));
+            }
+        }
+        let groups: HashSet<&str> = deployments.iter().map(|d| d.group.as_str()).collect();
+        for (name, list) in [
+            ("fallbacks", &settings.fallbacks),
+            (
+                "context_window_fallbacks",
+                &settings.context_window_fallbacks,
+            ),
+            (
+                "content_policy_fallbacks",
+                &settings.content_policy_fallbacks,
+            ),
+        ] {
+            for (from, to) in list {
+                for g in std::iter::once(from).chain(to) {
+                    if !groups.contains(g.as_str()) {
+                        return Err(Error::invalid_config(format!(
+                            "{name}: model group '{g}' is not in model_list"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(Router {
+            deployments: deployments.into_iter().map(Arc::new).collect(),
+            settings,
+            stats,
+            budget,
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn deployments(&self) -> &[Arc<Deployment>] {
+        &self.deployments
+    }
+
+    pub fn budget(&self) -> BudgetSnapshot {
+        self.budget.snapshot()
+    }
+
+    /// Every deployment with its current stats.
+    pub async fn deployment_stats(&self) -> Result<Vec<(Arc<Deployment>, DeploymentStats)>> {
+        let ids: Vec<String> = self.deployments.iter().map(|d| d.id.clone()).collect();
+        let snap = self.stats.snapshot(&ids).await?;
+        Ok(self.deployments.iter().cloned().zip(snap).collect())
+    }
+
+    fn group_exists(&self, group: &str) -> bool {
+        self.deployments.iter().any(|d| d.group == group)
+    }
+
+    /// The fallback groups for `group` after a failure of kind `kind`.
+    fn fallbacks_for(&self, group: &str, kind: ErrorKind) -> Vec<String> {
+        let list = match kind {
+            ErrorKind::ContextWindowExceeded
+                if !self.settings.context_window_fallbacks.is_empty() =>
+            {
+                &self.settings.context_window_fallbacks
+            }
+            ErrorKind::ContentPolicyViolation
+                if !self.settings.content_policy_fallbacks.is_empty() =>
+            {
+                &self.settings.content_policy_fallbacks
+            }
+            _ => &self.settings.fallbacks,
+        };
+        list.iter()
+            .find(|(from, _)| from == group || from == "*")
+            .map(|(_, to)| to.clone())
+            .unwrap_or_default()
+    }
+
+    /// Picks a deployment of the group, or explains why none is available.
+    async fn pick(&self, call: &Call<'_>, excluded: &HashSet<String>) -> Result<Arc<Deployment>> {
+        let in_group: Vec<&Arc<Deployment>> = self
+            .deployments
+            .iter()
+            .filter(|d| d.group == call.group)
+            .filter(|d| call.tags.is_empty() || call.tags.iter().any(|t| d.tags.contains(t)))
+            .collect();
+        if in_group.is_empty() {
+            return Err(Error::bad_request(if call.tags.is_empty() {
+                format!("no deployment for model group '{}'", call.group)
+            } else {
+                format!(
+                    "no deployment of '{}' has any of the tags {:?}",
+                    call.group, call.tags
+                )
+            }));
+        }
+        // Prefer deployments not yet tried in this call; fall back to all when none is left.
+        let fresh: Vec<&Arc<Deployment>> = in_group
+            .iter()
+            .copied()
+            .filter(|d| !excluded.contains(&d.id))
+            .collect();
+        let pool = if fresh.is_empty() { in_group } else { fresh };
+        let ids: Vec<String> = pool.iter().map(|d| d.id.clone()).collect();
+        let snap = self.stats.snapshot(&ids).await?;
+        let mut snap = snap;
+        if self.settings.disable_cooldowns {
+            for s in &mut snap {
+                s.cooldown_remaining = None;
+            }
+        }
+        let parallel_ok = |d: &Deployment, s: &DeploymentStats| {
+            d.max_parallel_requests.is_none_or(|m| s.in_flight < m)
+        };
+        let candidates: Vec<(usize, Candidate<'_>)> = pool
+            .iter()
+            .zip(&snap)
+            .enumerate()
+            .filter(|(_, (d, s))| parallel_ok(d, s))
+            .map(|(i, (d, s))| {
+                (
+                    i,
+                    Candidate {
+                        id: &d.id,
+                        weight: d.weight,
+                        rpm: d.rpm,
+                        tpm: d.tpm,
+                        cost_per_token: d.cost_per_token,
+                        stats: s,
+                    },
+                )
+            })
+            .collect();
+        let only: Vec<Candidate<'_>> = candidates.iter().map(|(_, c)| c.clone()).collect();
+        match strategy::pick(
+            &self.settings.strategy,
+            &only,
+            call.est_tokens,
+            rand::random::<f64>(),
+        ) {
+            Some(k) => Ok(pool[candidates[k].0].clone()),
+            None => {
+                let wait = snap.iter().filter_map(|s| s.cooldown_remaining).min();
+                let mut e = Error::new(
+                    ErrorKind::RateLimited,
+                    match wait {
+                        Some(w) => format!(
+                            "No deployments available for selected model, Try again in {} seconds. Passed model={}. \
+                             All deployments are cooling down or at their limits.",
+                            w.as_secs().max(1),
+                            call.group
+                        ),
+                        None => format!(
+                            "No deployments available for selected model. Passed model={}. All deployments are at \
+                             their rpm/tpm or parallel-request limits.",
+                            call.group
+                        ),
+                    },
+                )
+                .with_retry_after(wait);
+                e.provider = Some("router".into());
+                e.model = Some(call.group.to_owned());
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a failure and cools the deployment down when it should.
+    async fn on_failure(&self, d: &Deployment, e: &Error, fails_before: u64) {
+        if self.settings.disable_cooldowns {
+            return;
+        }
+        let base = self.settings.cooldown_time;
+        let cooldown = match e.kind {
+            ErrorKind::QuotaExceeded | ErrorKind::Authentication | ErrorKind::PermissionDenied => {
+                Some(base.max(LONG_COOLDOWN))
+            }
+            ErrorKind::RateLimited | ErrorKind::NotFound => Some(base),
+            k if k.retryable() && fails_before + 1 > self.settings.allowed_fails => Some(base),
+            _ => None,
+        };
+        if let Some(c) = cooldown {
+            let c = e.retry_after.map_or(c, |hint| c.max(hint));
+            if let Err(err) = self.stats.set_cooldown(&d.id, c).await {
+                tracing::warn!(deployment = %d.id, error = %err, "cannot record a cooldown");
+            }
+        }
+    }
+
+    fn options_for(&self, d: &Deployment, base: &CallOptions, deadline: Instant) -> CallOptions {
+        let mut o = base.clone();
+        o.endpoint = merge_endpoint(&d.endpoint, &base.endpoint);
+        o.num_retries = 0;
+        let left = deadline.saturating_duration_since(Instant::now());
+        o.timeout = d.timeout.map_or(left, |t| t.min(left));
+        if o.mock.is_none() {
+            o.mock = d.mock.clone();
+        }
+        if !d.extra_headers.is_empty() {
+            let mut h = d.extra_headers.clone();
+            h.extend(base.extra_headers.iter().cloned());
+            o.extra_headers = h;
+        }
+        o
+    }
+
+    fn request_for(d: &Deployment, req: &ChatRequest) -> ChatRequest {
+        let mut r = req.clone();
+        r.model = d.model.clone();
+        for (k, v) in &d.params {
+            r.params.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        r
+    }
+
+    /// Runs `attempt` on the group's deployments with retries, then on fallback groups.
+    async fn route<T, F, Fut>(
+        &self,
+        group: &str,
+        tags: &[String],
+        est_tokens: u64,
+        timeout: Duration,
+        mut attempt: F,
+    ) -> Result<Routed<T>>
+    where
+        F: FnMut(Arc<Deployment>, Instant) -> Fut,
+        Fut: std::future::Future<Output = (Result<T>, Settle)>,
+    {
+        if !self.group_exists(group) {
+            return Err(Error::bad_request(format!(
+                "Invalid model name passed in model={group}. Call `router.get_model_names()` for the available groups."
+            )));
+        }
+        let deadline = Instant::now() + timeout;
+        self.budget.record_request();
+        let mut groups = vec![group.to_owned()];
+        let mut tried_fallbacks = false;
+        let mut last_err: Option<Error> = None;
+        let mut index = 0;
+        while index < groups.len() {
+            let g = groups[index].clone();
+            let call = Call {
+                group: &g,
+                tags,
+                est_tokens,
+                deadline,
+            };
+            match self.route_group(&call, &mut attempt).await {
+                Ok((value, deployment_id, attempts)) => {
+                    return Ok(Routed {
+                        value,
+                        deployment_id,
+                        model_group: g,
+                        attempted_fallbacks: index as u32,
+                        attempts,
+                    });
+                }
+                Err(e) => {
+                    if !tried_fallbacks {
+                        tried_fallbacks = true;
+                        let fb = self.fallbacks_for(group, e.kind);
+                        groups.extend(fb.into_iter().take(self.settings.max_fallbacks));
+                    }
+                    last_err = Some(e);
+                }
+            }
+            index += 1;
+        }
+        Err(last_err
+            .unwrap_or_else(|| Error::new(ErrorKind::Internal, "router: no attempt was made")))
+    }
+
+    async fn route_group<T, F, Fut>(
+        &self,
+        call: &Call<'_>,
+        attempt: &mut F,
+    ) -> Result<(T, String, u32)>
+    where
+        F: FnMut(Arc<Deployment>, Instant) -> Fut,
+        Fut: std::future::Future<Output = (Result<T>, Settle)>,
+    {
+        let mut excluded = HashSet::new();
+        let mut retries: u32 = 0;
+        loop {
+            let d = self.pick(call, &excluded).await?;
+            let before = self
+                .stats
+                .snapshot(std::slice::from_ref(&d.id))
+                .await?
+                .pop()
+                .unwrap_or_default();
+            self.stats.begin(&d.id).await?;
+            let started = Instant::now();
+            let (result, settle) = attempt(d.clone(), call.deadline).await;
+            let tokens = match settle {
+                Settle::Later if result.is_ok() => None,
+                Settle::Later => Some(0),
+                Settle::Now(t) => Some(t.unwrap_or(0)),
+            };
+            if let Some(tokens) = tokens {
+                let outcome = Outcome {
+                    latency: started.elapsed(),
+                    ttft: None,
+                    tokens,
+                    error: result.as_ref().err().map(|e| e.kind),
+                };
+                if let Err(err) = self.stats.end(&d.id, &outcome).await {
+                    tracing::warn!(deployment = %d.id, error = %err, "cannot record stats");
+                }
+            }
+            let mut e = match result {
+                Ok(v) => return Ok((v, d.id.clone(), retries + 1)),
+                Err(e) => e,
+            };
+            self.on_failure(&d, &e, before.fails_this_minute).await;
+            excluded.insert(d.id.clone());
+            let left = call.deadline.saturating_duration_since(Instant::now());
+            if !e.retryable() || retries >= self.settings.num_retries || left.is_zero() {
+                e.attempts = retries + 1;
+                return Err(e);
+            }
+            if !self.budget.try_acquire_retry() {
+                e.attempts = retries + 1;
+                e.message = format!("{} (retry budget exhausted)", e.message);
+                return Err(e);
+            }
+            // Another deployment may answer at once; the same one only after its hint.
+            let others = self
+                .deployments
+                .iter()
+                .any(|o| o.group == call.group && !excluded.contains(&o.id));
+            let delay = if others {
+                Duration::ZERO
+            } else {
+                self.settings
+                    .backoff
+                    .delay(retries, rand::random::<f64>(), e.retry_after)
+            };
+            if delay >= left {
+                e.attempts = retries + 1;
+                return Err(e);
+            }
+            tokio::time::sleep(delay).await;
+            retries += 1;
+        }
+    }
+
+    /// A routed unary completion. `opts` carries call-level settings (extra headers, hooks...).
+    /// LiteLLM's `mock_testing_fallbacks` / `mock_testing_context_fallbacks` /
+    /// `mock_testing_content_policy_fallbacks` make the requested group fail with that kind, so
+    /// that fallbacks can be exercised.
+    pub async fn completion(
+        &self,
+        req: ChatRequest,
+        opts: &CallOptions,
+        tags: &[String],
+    ) -> Result<Routed<Completed<ChatCompletion>>> {
+        let mut req = req;
+        let forced = take_mock_failure(&mut req.params);
+        let est = estimate_tokens(&req);
+        let group = req.model.clone();
+        let timeout = self.timeout_for(opts);
+        self.route(&group, tags, est, timeout, |d, deadline| {
+            let r = Self::request_for(&d, &req);
+            let mut o = self.options_for(&d, opts, deadline);
+            if let Some(kind) = forced.filter(|_| d.group == group) {
+                o.mock = Some(Mock::Error(
+                    kind,
+                    format!(
+                        "mock_testing fallback: forced {} on '{}'",
+                        kind.code(),
+                        d.group
+                    ),
+                ));
+            }
+            async move {
+                let out = pipeline::completion(r, &o).await;
+                let tokens = out
+                    .as_ref()
+                    .ok()
+                    .and_then(|c| c.response.usage.as_ref())
+                    .map(|u| u.total_tokens);
+                (out, Settle::Now(tokens))
+            }
+        })
+        .await
+    }
+
+    /// A routed stream: retried and fallen back until its first chunk.
+    pub async fn completion_stream(
+        &self,
+        req: ChatRequest,
+        opts: &CallOptions,
+        tags: &[String],
+    ) -> Result<Routed<(ChatStream, CallMeta)>> {
+        let est = estimate_tokens(&req);
+        let group = req.model.clone();
+        let timeout = self.timeout_for(opts);
+        let stats = self.stats.clone();
+        self.route(&group, tags, est, timeout, |d, deadline| {
+            let r = Self::request_for(&d, &req);
+            let o = self.options_for(&d, opts, deadline);
+            let stats = stats.clone();
+            async move {
+                let started = Instant::now();
+                let opened = match pipeline::completion_stream(r, &o).await {
+                    Ok(v) => v,
+                    Err(e) => return (Err(e), Settle::Now(None)),
+                };
+                let (mut s, meta) = opened;
+                if let Err(e) = s.prefetch_first().await {
+                    return (Err(e), Settle::Now(None));
+                }
+                // The attempt stays in flight until the stream ends, and settles then.
+                let id = d.id.clone();
+                s.on_finish(move |summary| {
+                    let outcome = Outcome {
+                        latency: started.elapsed(),
+                        ttft: summary
+                            .first_chunk_at
+                            .map(|t| t.saturating_duration_since(started)),
+                        tokens: summary.usage.as_ref().map_or(0, |u: &Usage| u.total_tokens),
+                        error: summary.error,
+                    };
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            let _ = stats.end(&id, &outcome).await;
+                        });
+                    }
+                });
+                (Ok((s, meta)), Settle::Later)
+            }
+        })
+        .await
+    }
+
+    pub async fn embedding(
+        &self,
+        req: EmbeddingRequest,
+        opts: &CallOptions,
+        tags: &[String],
+    ) -> Result<Routed<Completed<EmbeddingResponse>>> {
+        let group = req.model.clone();
+        let timeout = self.timeout_for(opts);
+        self.route(&group, tags, 0, timeout, |d, deadline| {
+            let mut r = req.clone();
+            r.model = d.model.clone();
+            let o = self.options_for(&d, opts, deadline);
+            async move {
+                let out = pipeline::embedding(r, &o).await;
+                let tokens = out
+                    .as_ref()
+                    .ok()
+                    .and_then(|c| c.response.usage.as_ref())
+                    .map(|u| u.total_tokens);
+                (out, Settle::Now(tokens))
+            }
+        })
+        .await
+    }
+
+    fn timeout_for(&self, opts: &CallOptions) -> Duration {
+        // A call's own timeout (anything but the default) wins over the router's.
+        if opts.timeout != pipeline::DEFAULT_TIMEOUT {
+            opts.timeout
+        } else {
+            self.settings.timeout
+        }
+    }
+}
+
+/// Removes LiteLLM's fallback-testing switches from `params`; the kind of failure to force.
+fn take_mock_failure(params: &mut Map<String, Value>) -> Option<ErrorKind> {
+    let mut forced = None;
+    for (key, kind) in [
+        ("mock_testing_fallbacks", ErrorKind::Internal),
+        (
+            "mock_testing_context_fallbacks",
+            ErrorKind::ContextWindowExceeded,
+        ),
+        (
+            "mock_testing_content_policy_fallbacks",
+            ErrorKind::ContentPolicyViolation,
+        ),
+    ] {
+        if params
+            .remove(key)
+            .is_some_and(|v| v.as_bool().unwrap_or(false))
+        {
+            forced = Some(kind);
+        }
+    }
+    forced
+}
+
+/// The deployment's credentials, with what the call itself gives winning.
+fn merge_endpoint(d: &Endpoint, call: &Endpoint) -> Endpoint {
+    Endpoint {
+        api_base: call.api_base.clone().or_else(|| d.api_base.clone()),
+        api_key: call.api_key.clone().or_else(|| d.api_key.clone()),
+        custom_llm_provider: call
+            .custom_llm_provider
+            .clone()
+            .or_else(|| d.custom_llm_provider.clone()),
+        organization: call.organization.clone().or_else(|| d.organization.clone()),
+        api_version: call.api_version.clone().or_else(|| d.api_version.clone()),
+        azure_ad_token: call
+            .azure_ad_token
+            .clone()
+            .or_else(|| d.azure_ad_token.clone()),
+        aws_access_key_id: call
+            .aws_access_key_id
+            .clone()
+            .or_else(|| d.aws_access_key_id.clone()),
+        aws_secret_access_key: call
+            .aws_secret_access_key
+            .clone()
+            .or_else(|| d.aws_secret_access_key.clone()),
+        aws_session_token: call
+            .aws_session_token
+            .clone()
+            .or_else(|| d.aws_session_token.clone()),
+        aws_region_name: call
+            .aws_region_name
+            .clone()
+            .or_else(|| d.aws_region_name.clone()),
+    }
+}
+
+/// A cheap token estimate for TPM checks: about 4 characters a token over the message text,
+/// plus the output cap (or 256 when none is given).
+pub fn estimate_tokens(req: &ChatRequest) -> u64 {
+    let chars: usize = req
+        .messages
+        .iter()
+        .map(|m| match m.get("content") {
+            Some(Value::String(s)) => s.len(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .map(str::len)
+                .sum(),
+            _ => 0,
+        })
+        .sum();
+    (chars as u64).div_ceil(4) + req.output_cap().unwrap_or(256)
+}
