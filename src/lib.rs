@@ -21,6 +21,7 @@ pub mod http;
 pub mod pipeline;
 pub mod pricing;
 pub mod providers;
+pub mod redis;
 pub mod retry;
 pub mod router;
 pub mod streaming;

@@ -213,8 +213,8 @@ def test_configuration_errors():
         llmux.Router(
             model_list=[{"model_name": "g", "litellm_params": {"model": "gpt-4o", "mock_response": "x"}}]
         ).completion(model="nope", messages=MSGS)
-    with pytest.raises(ValueError, match="Redis"):
-        llmux.Router(model_list=[], redis_url="redis://127.0.0.1:6379")
+    with pytest.raises(ValueError, match="redis_password"):
+        llmux.Router(model_list=[], redis_password="x")
     with pytest.raises(TypeError, match="cache_responses"):
         llmux.Router(model_list=[], cache_responses=True)
     with pytest.raises(ValueError, match="routing_strategy"):

@@ -3,8 +3,9 @@
 Deployments (``model_list`` entries with ``model_name``, ``litellm_params``, ``model_info``) are
 grouped by ``model_name``; each call picks a deployment of the group with the routing strategy,
 retries on other deployments, cools failing ones down, and falls back to other groups. Routing
-statistics (in-flight counts, latency, per-minute usage, cooldowns) live in the engine; with no
-Redis configured they are per process.
+statistics (in-flight counts, latency, per-minute usage, cooldowns) live in the engine: per
+process by default, shared by every process that names the same Redis (``redis_url``,
+``redis_host``/``redis_port``/``redis_password``, or ``redis_cluster_nodes``).
 """
 
 from __future__ import annotations
@@ -60,16 +61,23 @@ class Router:
         redis_host: Optional[str] = None,
         redis_port: Optional[int] = None,
         redis_password: Optional[str] = None,
+        redis_cluster_nodes: Optional[List[str]] = None,
+        stats_lease_ttl: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - _NO_EFFECT)
         if unknown:
             raise TypeError(f"Router() got settings llmux does not implement: {', '.join(unknown)}")
-        if redis_url or redis_host or redis_port or redis_password:
-            raise ValueError(
-                "Router: shared routing state in Redis is not available in this version of llmux; "
-                "omit redis_* to route with per-process statistics"
-            )
+        redis: Optional[Dict[str, Any]] = None
+        if redis_cluster_nodes:
+            redis = {"cluster_nodes": list(redis_cluster_nodes)}
+        elif redis_url:
+            redis = {"url": redis_url}
+        elif redis_host or redis_port:
+            auth = f":{redis_password}@" if redis_password else ""
+            redis = {"url": f"redis://{auth}{redis_host or '127.0.0.1'}:{redis_port or 6379}"}
+        elif redis_password:
+            raise ValueError("redis_password needs redis_host/redis_port or redis_url")
         if routing_strategy not in _STRATEGIES:
             valid = ", ".join(_STRATEGIES)
             raise ValueError(f"routing_strategy must be one of {valid}; got {routing_strategy!r}")
@@ -99,6 +107,10 @@ class Router:
         }
         if retry_budget is not None:
             settings["retry_budget"] = dict(retry_budget)
+        if redis is not None:
+            settings["redis"] = redis
+        if stats_lease_ttl is not None:
+            settings["stats_lease_ttl"] = stats_lease_ttl
         self._native = _llmux.NativeRouter(self.model_list, settings)
 
     # --- introspection ----------------------------------------------------------------

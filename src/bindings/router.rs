@@ -22,8 +22,10 @@ use crate::error::Result;
 use crate::pipeline::{CallMeta, Completed, Mock};
 use crate::pricing;
 use crate::providers::{Endpoint, Secret};
+use crate::redis::{RedisConfig, RedisPool, RedisTarget};
 use crate::router::budget::RetryBudget;
-use crate::router::stats::LocalStats;
+use crate::router::redis_stats::RedisStats;
+use crate::router::stats::{ClusterStats, LocalStats};
 use crate::router::strategy::Strategy;
 use crate::router::{Deployment, Fallbacks, Routed, Router, Settings};
 use crate::types::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
@@ -333,6 +335,34 @@ impl Outcome for RoutedStream {
     }
 }
 
+/// In-process stats, or Redis-backed ones shared by every process on the same Redis.
+fn cluster_stats(py: Python<'_>, s: &Map<String, Value>) -> PyResult<Arc<dyn ClusterStats>> {
+    let Some(redis) = s.get("redis").and_then(Value::as_object) else {
+        return Ok(Arc::new(LocalStats::new()));
+    };
+    let target = if let Some(nodes) = redis.get("cluster_nodes") {
+        let nodes: Vec<String> = serde_json::from_value(nodes.clone())
+            .map_err(|_| bad("redis cluster_nodes must be a list of URLs".into()))?;
+        RedisTarget::Cluster(nodes)
+    } else {
+        RedisTarget::Url(
+            redis
+                .get("url")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("redis needs a url".into()))?
+                .to_owned(),
+        )
+    };
+    let lease = match s.get("stats_lease_ttl").filter(|v| !v.is_null()) {
+        Some(v) => secs(v, "stats_lease_ttl")?,
+        None => Duration::from_secs(120),
+    };
+    let cfg = RedisConfig::new(target);
+    let pool = block_on(py, async move { RedisPool::connect(&cfg).await })?
+        .map_err(|e| to_pyerr(py, e))?;
+    Ok(Arc::new(RedisStats::new(pool, "llmux", lease)))
+}
+
 #[pyclass(module = "llmux._llmux", frozen)]
 pub struct NativeRouter {
     inner: Arc<Router>,
@@ -357,7 +387,11 @@ fn chat_args(
 #[pymethods]
 impl NativeRouter {
     #[new]
-    fn new(model_list: &Bound<'_, PyList>, settings_dict: &Bound<'_, PyDict>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        model_list: &Bound<'_, PyList>,
+        settings_dict: &Bound<'_, PyDict>,
+    ) -> PyResult<Self> {
         let entries: Vec<Value> = depythonize(model_list)
             .map_err(|e| PyTypeError::new_err(format!("model_list: {e}")))?;
         let deployments = entries
@@ -368,7 +402,8 @@ impl NativeRouter {
         let s: Map<String, Value> = depythonize(settings_dict)
             .map_err(|e| PyTypeError::new_err(format!("router settings: {e}")))?;
         let (settings, budget) = settings(&s)?;
-        let router = Router::new(deployments, settings, Arc::new(LocalStats::new()), budget)
+        let stats = cluster_stats(py, &s)?;
+        let router = Router::new(deployments, settings, stats, budget)
             .map_err(|e| bad(e.message.clone()))?;
         Ok(NativeRouter {
             inner: Arc::new(router),

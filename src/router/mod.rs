@@ -14,6 +14,7 @@
 //! Knows deployments and stats, not wire formats.
 
 pub mod budget;
+pub mod redis_stats;
 pub mod stats;
 pub mod strategy;
 
