@@ -131,6 +131,8 @@ struct Call<'a> {
     tags: &'a [String],
     est_tokens: u64,
     deadline: Instant,
+    /// Streams are routed on time to first token where it is known.
+    stream: bool,
 }
 
 impl Router {
@@ -256,6 +258,13 @@ impl Router {
                 s.cooldown_remaining = None;
             }
         }
+        if call.stream {
+            for s in &mut snap {
+                if let Some(t) = s.ttft_ewma_ms {
+                    s.latency_ewma_ms = Some(t);
+                }
+            }
+        }
         let parallel_ok = |d: &Deployment, s: &DeploymentStats| {
             d.max_parallel_requests.is_none_or(|m| s.in_flight < m)
         };
@@ -367,6 +376,7 @@ impl Router {
         tags: &[String],
         est_tokens: u64,
         timeout: Duration,
+        stream: bool,
         mut attempt: F,
     ) -> Result<Routed<T>>
     where
@@ -391,6 +401,7 @@ impl Router {
                 tags,
                 est_tokens,
                 deadline,
+                stream,
             };
             match self.route_group(&call, &mut attempt).await {
                 Ok((value, deployment_id, attempts)) => {
@@ -507,7 +518,7 @@ impl Router {
         let est = estimate_tokens(&req);
         let group = req.model.clone();
         let timeout = self.timeout_for(opts);
-        self.route(&group, tags, est, timeout, |d, deadline| {
+        self.route(&group, tags, est, timeout, false, |d, deadline| {
             let r = Self::request_for(&d, &req);
             let mut o = self.options_for(&d, opts, deadline);
             if let Some(kind) = forced.filter(|_| d.group == group) {
@@ -544,7 +555,7 @@ impl Router {
         let group = req.model.clone();
         let timeout = self.timeout_for(opts);
         let stats = self.stats.clone();
-        self.route(&group, tags, est, timeout, |d, deadline| {
+        self.route(&group, tags, est, timeout, true, |d, deadline| {
             let r = Self::request_for(&d, &req);
             let o = self.options_for(&d, opts, deadline);
             let stats = stats.clone();
@@ -589,7 +600,7 @@ impl Router {
     ) -> Result<Routed<Completed<EmbeddingResponse>>> {
         let group = req.model.clone();
         let timeout = self.timeout_for(opts);
-        self.route(&group, tags, 0, timeout, |d, deadline| {
+        self.route(&group, tags, 0, timeout, false, |d, deadline| {
             let mut r = req.clone();
             r.model = d.model.clone();
             let o = self.options_for(&d, opts, deadline);
