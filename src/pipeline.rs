@@ -403,7 +403,12 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
         return unary(req, opts).await;
     };
     let started = Instant::now();
-    let ctx = HookContext::new(request_id(), req.model.clone(), false);
+    let mut ctx = HookContext::new(request_id(), req.model.clone(), false);
+    ctx.caller = req
+        .params
+        .get("user")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let mut req = req;
     match pipeline.pre(&ctx, &mut req).await? {
         Pre::Continue => {}
@@ -499,7 +504,12 @@ pub async fn completion_stream(
         return open_stream(req, opts).await;
     };
     let started = Instant::now();
-    let ctx = HookContext::new(request_id(), req.model.clone(), true);
+    let mut ctx = HookContext::new(request_id(), req.model.clone(), true);
+    ctx.caller = req
+        .params
+        .get("user")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let mut req = req;
     match pipeline.pre(&ctx, &mut req).await? {
         Pre::Continue => {}

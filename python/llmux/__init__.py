@@ -81,6 +81,10 @@ request_timeout: float = float(os.getenv("REQUEST_TIMEOUT", "600"))
 drop_params: bool = bool(os.getenv("LITELLM_DROP_PARAMS", ""))
 suppress_debug_info: bool = False
 set_verbose: bool = False
+# LiteLLM's process-wide spend limit in USD: calls fail with BudgetExceededError once the
+# priced spend reaches it. ``set_budget`` offers windows, per-user budgets and Redis sharing.
+max_budget: Optional[float] = None
+_budget_applied: Optional[float] = None
 
 # Callbacks (LiteLLM's names): CustomLogger instances in ``callbacks``; plain functions
 # ``fn(kwargs, completion_response, start_time, end_time)`` in ``success_callback`` /
@@ -94,6 +98,8 @@ input_callback: list = []
 
 
 def _apply_settings(kwargs: dict) -> dict:
+    if max_budget != _budget_applied:
+        _sync_max_budget()
     if api_key is not None and "api_key" not in kwargs:
         kwargs["api_key"] = api_key
     if api_base is not None and "api_base" not in kwargs and "base_url" not in kwargs:
@@ -105,6 +111,38 @@ def _apply_settings(kwargs: dict) -> dict:
     if "timeout" not in kwargs and "request_timeout" not in kwargs:
         kwargs["timeout"] = request_timeout
     return kwargs
+
+
+def _sync_max_budget() -> None:
+    global _budget_applied
+    _llmux.set_budget(max_budget)
+    _budget_applied = max_budget
+
+
+def set_budget(
+    max_budget: Optional[float],
+    window: Optional[float] = None,
+    per_user: bool = False,
+    redis_url: Optional[str] = None,
+) -> None:
+    """Spend limit in USD for every call of this process (``None`` removes it). ``window`` in
+    seconds (default: the life of the process; 30 days in Redis), ``per_user`` counts each
+    OpenAI ``user`` apart, ``redis_url`` shares the spend with every process on that Redis.
+    Over the limit a call raises ``BudgetExceededError`` before reaching the provider."""
+    global _budget_applied
+    _llmux.set_budget(max_budget, window, per_user, redis_url)
+    _budget_applied = globals()["max_budget"]
+
+
+def current_spend(user: Optional[str] = None) -> Optional[float]:
+    """Spend counted by the budget so far (global, or of ``user``); None without a budget."""
+    return _llmux.current_spend(user)
+
+
+def set_request_log(path: Optional[str]) -> None:
+    """Appends one JSON line per call (request, response or error, usage, latency) to ``path``,
+    with credentials redacted; ``None`` stops."""
+    _llmux.set_request_log(path)
 
 
 def _mock_object(model: str, mock: Any, stream: bool) -> Any:
@@ -314,11 +352,14 @@ __all__ = [
     "completion",
     "completion_cost",
     "cost_per_token",
+    "current_spend",
     "embedding",
     "get_max_tokens",
     "get_model_info",
     "register_model",
+    "set_budget",
     "set_pricing_file",
+    "set_request_log",
     "stream_chunk_builder",
     "supports_function_calling",
     "supports_vision",

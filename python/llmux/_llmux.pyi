@@ -16,6 +16,7 @@ __all__ = [
     "completion",
     "completion_stream",
     "cost_for",
+    "current_spend",
     "embedding",
     "error_kinds",
     "load_price_file",
@@ -23,6 +24,8 @@ __all__ = [
     "model_entry",
     "register_model",
     "serve_fake_upstream",
+    "set_budget",
+    "set_request_log",
     "token_count",
     "unpriced_count",
     "watch_price_file",
@@ -136,3 +139,12 @@ class NativeRouter:
     ) -> TaskHandle: ...
     def deployment_stats(self) -> list[dict[str, Any]]: ...
     def retry_budget(self) -> dict[str, int]: ...
+
+def set_budget(
+    max_budget: Optional[float],
+    window: Optional[float] = None,
+    per_user: bool = False,
+    redis_url: Optional[str] = None,
+) -> None: ...
+def current_spend(user: Optional[str] = None) -> Optional[float]: ...
+def set_request_log(path: Any) -> None: ...

@@ -113,7 +113,10 @@ pub fn split_kwargs(
     kwargs: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<(Map<String, Value>, CallOptions)> {
     let mut params = Map::new();
-    let mut opts = CallOptions::default();
+    let mut opts = CallOptions {
+        hooks: super::hooks::current(),
+        ..CallOptions::default()
+    };
     let mut drop_list: Vec<String> = Vec::new();
     let Some(kwargs) = kwargs else {
         return Ok((params, opts));

@@ -9,6 +9,7 @@ mod bridge;
 mod completion;
 mod convert;
 mod errors;
+mod hooks;
 mod pricing;
 mod router;
 mod runtime;
@@ -36,6 +37,9 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pricing::token_count, m)?)?;
     m.add_function(wrap_pyfunction!(pricing::watch_price_file, m)?)?;
     m.add_function(wrap_pyfunction!(testing::serve_fake_upstream, m)?)?;
+    m.add_function(wrap_pyfunction!(hooks::set_budget, m)?)?;
+    m.add_function(wrap_pyfunction!(hooks::current_spend, m)?)?;
+    m.add_function(wrap_pyfunction!(hooks::set_request_log, m)?)?;
     m.add_class::<stream::NativeStream>()?;
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<bridge::TaskHandle>()?;

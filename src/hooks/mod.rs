@@ -13,6 +13,8 @@
 //! The pipeline is shared by the SDK and the server; built-in features (logging with
 //! redaction, the response cache, budgets) are hooks on it.
 
+pub mod builtin;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
