@@ -423,7 +423,10 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
         }
     }
     let (mut outcome, meta) = match unary(req, opts).await {
-        Ok(done) => (Ok(done.response), Some(done.meta)),
+        Ok(done) => {
+            ctx.cost = done.meta.cost;
+            (Ok(done.response), Some(done.meta))
+        }
         Err(e) => (Err(e), None),
     };
     pipeline.post(&ctx, &mut outcome).await?;

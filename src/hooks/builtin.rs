@@ -203,9 +203,12 @@ impl Hook for BudgetHook {
             let Some(usage) = resp.usage.as_ref() else {
                 return Ok(());
             };
-            let cost = pricing::cost(None, &ctx.model_group, usage)
-                .or_else(|| pricing::cost(None, &resp.model, usage))
-                .map_or(0.0, |c| c.total());
+            let cost = match ctx.cost {
+                Some(c) => c,
+                None => pricing::cost(None, &ctx.model_group, usage)
+                    .or_else(|| pricing::cost(None, &resp.model, usage))
+                    .map_or(0.0, |c| c.total()),
+            };
             if cost > 0.0 {
                 let user = ctx.caller.as_deref().unwrap_or("");
                 let key = match self.scope {

@@ -41,6 +41,8 @@ pub struct HookContext {
     /// 1 for the first attempt.
     pub attempt: u32,
     pub stream: bool,
+    /// The call's cost in USD, once the pipeline priced it (for `post` hooks).
+    pub cost: Option<f64>,
 }
 
 impl HookContext {
@@ -58,6 +60,7 @@ impl HookContext {
             started: Instant::now(),
             attempt: 1,
             stream,
+            cost: None,
         }
     }
 }
@@ -187,9 +190,14 @@ impl Pipeline {
     async fn guarded<T>(
         &self,
         hook: &dyn Hook,
-        fut: BoxFuture<'_, Result<T>>,
+        mut fut: BoxFuture<'_, Result<T>>,
     ) -> Result<Option<T>> {
-        match tokio::time::timeout(hook.deadline(), fut).await {
+        // Most hooks finish without waiting: poll once before paying for a deadline timer.
+        let ready = match futures_util::FutureExt::now_or_never(&mut fut) {
+            Some(r) => Ok(r),
+            None => tokio::time::timeout(hook.deadline(), fut).await,
+        };
+        match ready {
             Ok(Ok(v)) => Ok(Some(v)),
             Ok(Err(e)) => self.failed(hook, e, false).map(|_| None),
             Err(_) => {
