@@ -525,8 +525,51 @@ pub async fn completion_stream(
         }
     }
     let (mut s, meta) = open_stream(req, opts).await?;
+    settle_stream_with_post_hooks(&mut s, pipeline, &ctx, meta.provider, &meta.upstream_model);
     s.set_hooks(pipeline.clone(), ctx);
     Ok((s, meta))
+}
+
+/// When a stream that completed ends, runs the `post` hooks over what it amounted to (its
+/// usage, priced), so that hooks that account for calls (the budget, the request log) see
+/// streamed calls too. Runs in the background; a failure there is logged.
+fn settle_stream_with_post_hooks(
+    s: &mut ChatStream,
+    pipeline: &Arc<hooks::Pipeline>,
+    ctx: &HookContext,
+    provider: &'static str,
+    upstream_model: &str,
+) {
+    let pipeline = pipeline.clone();
+    let mut ctx = ctx.clone();
+    let model = upstream_model.to_owned();
+    // Captured now: the stream may end (be dropped) on a thread outside the runtime.
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    s.on_finish(move |summary| {
+        if !summary.completed {
+            return;
+        }
+        ctx.cost = price(provider, [&model, ""], summary.usage.as_ref());
+        let mut response = ChatCompletion {
+            id: ctx.request_id.clone(),
+            object: "chat.completion".into(),
+            created: unix_now(),
+            model,
+            choices: Vec::new(),
+            usage: summary.usage,
+            system_fingerprint: None,
+            extra: Map::new(),
+        };
+        response.extra.insert("stream".into(), Value::Bool(true));
+        rt.spawn(async move {
+            let mut outcome = Ok(response);
+            if let Err(e) = pipeline.post(&ctx, &mut outcome).await {
+                tracing::warn!(error = %e, "post hooks failed after a stream");
+            }
+        });
+    });
 }
 
 /// The upstream part of a stream. Connecting, the status and the first error body are retried

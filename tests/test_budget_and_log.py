@@ -99,3 +99,22 @@ def test_request_log_is_redacted(fake, key, tmp_path):
     assert ok["response"]["usage"]["total_tokens"] > 0 and ok["latency_ms"] > 0
     assert failed["status"] == "failure" and failed["error"]["kind"] == "rate_limited"
     assert os.path.getsize(log) > 0
+
+
+def test_streams_are_charged_to_the_budget(fake):
+    import time
+
+    llmux.set_budget(0.0003)
+    for _ in range(2):
+        chunks = list(
+            llmux.completion(model="openai/gpt-4o", messages=MSGS, api_base=fake.base_url, stream=True)
+        )
+        assert chunks
+        deadline = time.monotonic() + 5
+        while not llmux.current_spend():
+            assert time.monotonic() < deadline, "the stream was never charged"
+            time.sleep(0.01)
+    time.sleep(0.1)
+    assert llmux.current_spend() > 0.0003
+    with pytest.raises(llmux.BudgetExceededError):
+        llmux.completion(model="openai/gpt-4o", messages=MSGS, api_base=fake.base_url, stream=True)

@@ -231,3 +231,17 @@ def test_mock_response_in_litellm_params():
         model_list=[{"model_name": "g", "litellm_params": {"model": "gpt-4o", "mock_response": "canned"}}]
     )
     assert r.completion(model="g", messages=MSGS).choices[0].message.content == "canned"
+
+
+def test_a_stream_left_early_is_no_longer_in_flight(fake, key):
+    import time
+
+    r = llmux.Router(model_list=[dep(fake, "g", key, "only", faults={"chunk_delay_ms": 50})])
+    s = r.completion(model="g", messages=MSGS, stream=True)
+    next(iter(s))
+    assert r.get_deployment_stats()[0]["in_flight"] == 1
+    s.close()
+    deadline = time.monotonic() + 3
+    while r.get_deployment_stats()[0]["in_flight"] != 0:
+        assert time.monotonic() < deadline, "a closed stream still counts as in flight"
+        time.sleep(0.02)

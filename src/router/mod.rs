@@ -571,6 +571,8 @@ impl Router {
                 }
                 // The attempt stays in flight until the stream ends, and settles then.
                 let id = d.id.clone();
+                // Captured now: the stream may end (be dropped) on a thread outside the runtime.
+                let rt = tokio::runtime::Handle::try_current().ok();
                 s.on_finish(move |summary| {
                     let outcome = Outcome {
                         latency: started.elapsed(),
@@ -580,10 +582,17 @@ impl Router {
                         tokens: summary.usage.as_ref().map_or(0, |u: &Usage| u.total_tokens),
                         error: summary.error,
                     };
-                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                        rt.spawn(async move {
-                            let _ = stats.end(&id, &outcome).await;
-                        });
+                    match &rt {
+                        Some(rt) => {
+                            rt.spawn(async move {
+                                let _ = stats.end(&id, &outcome).await;
+                            });
+                        }
+                        // No runtime to run on: settle in place (the in-process stats need
+                        // no I/O; a Redis lease expires by itself).
+                        None => {
+                            let _ = futures_util::FutureExt::now_or_never(stats.end(&id, &outcome));
+                        }
                     }
                 });
                 (Ok((s, meta)), Settle::Later)

@@ -89,7 +89,7 @@ pub struct ChatStream {
     /// Items already pulled (by [`ChatStream::prefetch_first`]), handed out first.
     ready: VecDeque<Result<StreamItem>>,
     /// Called once when the stream ends, fails, or is dropped.
-    on_finish: Option<OnFinish>,
+    on_finish: Vec<OnFinish>,
 }
 
 /// How a stream ended, for whoever tracks it (the router's stats).
@@ -152,7 +152,7 @@ impl ChatStream {
             model: caller_model,
             hooks: None,
             ready: VecDeque::new(),
-            on_finish: None,
+            on_finish: Vec::new(),
         }
     }
 
@@ -173,24 +173,29 @@ impl ChatStream {
             model,
             hooks: None,
             ready: VecDeque::new(),
-            on_finish: None,
+            on_finish: Vec::new(),
         }
     }
 
-    /// Calls `f` once when the stream ends, fails or is dropped.
+    /// Calls `f` once when the stream ends, fails or is dropped (callbacks run in the order
+    /// they were added).
     pub fn on_finish(&mut self, f: impl FnOnce(StreamSummary) + Send + 'static) {
-        self.on_finish = Some(Box::new(f));
+        self.on_finish.push(Box::new(f));
     }
 
     fn fire_finish(&mut self, error: Option<crate::error::ErrorKind>) {
-        if let Some(f) = self.on_finish.take() {
-            f(StreamSummary {
-                chunks: self.chunks,
-                first_chunk_at: self.first_chunk_at,
-                usage: self.usage.clone(),
-                error,
-                completed: self.finished && error.is_none(),
-            });
+        if self.on_finish.is_empty() {
+            return;
+        }
+        let summary = StreamSummary {
+            chunks: self.chunks,
+            first_chunk_at: self.first_chunk_at,
+            usage: self.usage.clone(),
+            error,
+            completed: self.finished && error.is_none(),
+        };
+        for f in std::mem::take(&mut self.on_finish) {
+            f(summary.clone());
         }
     }
 
