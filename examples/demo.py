@@ -138,6 +138,73 @@ def main() -> None:
             llmux.completion(model="groq/llama-3.1-8b-instant", messages=MSGS)
         except llmux.AuthenticationError as exc:
             print(f"{'no key':16} -> {type(exc).__name__}: {exc.message}")
+
+        title("7. the same call, other providers' native APIs (the fake speaks each dialect)")
+        creds = {
+            "aws_access_key_id": "AKIDDEMO",
+            "aws_secret_access_key": "demo",
+            "aws_region_name": "us-east-1",
+        }
+        for model, extra in [
+            ("anthropic/claude-sonnet-4-5", {"api_key": "sk-ant-demo"}),
+            ("gemini/gemini-2.5-flash", {"api_key": "demo-key"}),
+            ("bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0", creds),
+            ("azure/my-deployment", {"api_key": "azure-demo"}),
+        ]:
+            r = llmux.completion(model=model, messages=MSGS, api_base=fake.url, **extra)
+            cost = r._hidden_params["response_cost"]
+            print(f"  {model:52} -> {r.choices[0].message.content[:32]!r}... cost ${cost or 0:.6f}")
+
+        title("8. Router: retries on another deployment, cooldown, fallback")
+        down = {"x-fake-status": "503"}
+        router = llmux.Router(
+            model_list=[
+                {
+                    "model_name": "gpt",
+                    "litellm_params": {
+                        "model": "openai/gpt-4o-mini",
+                        "api_base": base,
+                        "extra_headers": down,
+                    },
+                    "model_info": {"id": "gpt-down"},
+                },
+                {
+                    "model_name": "gpt",
+                    "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": base},
+                    "model_info": {"id": "gpt-up"},
+                },
+                {
+                    "model_name": "flaky",
+                    "litellm_params": {"model": "openai/gpt-4o", "api_base": base, "extra_headers": down},
+                },
+                {
+                    "model_name": "backup",
+                    "litellm_params": {
+                        "model": "anthropic/claude-sonnet-4-5",
+                        "api_base": fake.url,
+                        "api_key": "sk-ant-demo",
+                    },
+                },
+            ],
+            routing_strategy="least-busy",
+            allowed_fails=0,
+            cooldown_time=30,
+            fallbacks=[{"flaky": ["backup"]}],
+        )
+        served = [router.completion(model="gpt", messages=MSGS)._hidden_params["model_id"] for _ in range(6)]
+        print("gpt answered by :", served)
+        stats = {s["model_id"]: s for s in router.get_deployment_stats()}
+        down_stats = stats["gpt-down"]
+        left = down_stats["cooldown_remaining"] or 0
+        print(f"gpt-down        : {down_stats['failures']} failure(s), cooling down for {left:.1f} s")
+        r = router.completion(model="flaky", messages=MSGS)
+        print(
+            "flaky answered by group",
+            repr(r._hidden_params["model_group"]),
+            "after",
+            r._hidden_params["additional_headers"]["x-litellm-attempted-fallbacks"],
+            "fallback(s)",
+        )
     print("\ndone.")
 
 
