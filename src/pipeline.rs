@@ -107,10 +107,15 @@ pub struct CallMeta {
 /// Prices a call: by the route's model name, else the model the upstream reports.
 fn price(provider: &str, names: [&str; 2], usage: Option<&Usage>) -> Option<f64> {
     let usage = usage?;
-    let found = names
+    let entry = names
         .iter()
-        .find(|n| !n.is_empty() && pricing::lookup(Some(provider), n).is_some());
-    pricing::cost(Some(provider), found.copied().unwrap_or(names[0]), usage).map(|c| c.total())
+        .filter(|n| !n.is_empty())
+        .find_map(|n| pricing::lookup(Some(provider), n));
+    match entry {
+        Some(e) => Some(pricing::cost_with(&e, usage).total()),
+        // Counted as unpriced.
+        None => pricing::cost(Some(provider), names[0], usage).map(|c| c.total()),
+    }
 }
 
 impl CallMeta {
@@ -392,6 +397,17 @@ fn request_id() -> String {
     format!("req-{:016x}", rand::random::<u64>())
 }
 
+/// The hooks' view of a call: its id, model, and caller (the OpenAI `user`).
+fn hook_context(req: &ChatRequest, stream: bool) -> HookContext {
+    let mut ctx = HookContext::new(request_id(), req.model.clone(), stream);
+    ctx.caller = req
+        .params
+        .get("user")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    ctx
+}
+
 /// The pipeline's hooks, when any are configured.
 fn hooks(opts: &CallOptions) -> Option<&Arc<hooks::Pipeline>> {
     opts.hooks.as_ref().filter(|h| !h.is_empty())
@@ -403,12 +419,7 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
         return unary(req, opts).await;
     };
     let started = Instant::now();
-    let mut ctx = HookContext::new(request_id(), req.model.clone(), false);
-    ctx.caller = req
-        .params
-        .get("user")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let mut ctx = hook_context(&req, false);
     let mut req = req;
     match pipeline.pre(&ctx, &mut req).await? {
         Pre::Continue => {}
@@ -469,23 +480,61 @@ async fn unary(req: ChatRequest, opts: &CallOptions) -> Result<Completed<ChatCom
     }
     let prepared = prepare_chat(&route, &mut req, false, opts)
         .map_err(|e| e.with_context(route.provider, &route.model))?;
+    exchange(&route, &prepared, opts, started, |body| {
+        route.dialect.parse_chat(&route, body)
+    })
+    .await
+}
+
+/// What the pipeline needs from a unary answer to price it.
+trait Priced {
+    fn usage(&self) -> Option<&Usage>;
+    fn model(&self) -> &str;
+}
+
+impl Priced for ChatCompletion {
+    fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+    fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+impl Priced for EmbeddingResponse {
+    fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+    fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+/// Sends a prepared unary request with retries, parses the answer, and prices it.
+async fn exchange<T: Priced>(
+    route: &Route,
+    prepared: &PreparedRequest,
+    opts: &CallOptions,
+    started: Instant,
+    parse: impl Fn(&[u8]) -> Result<T>,
+) -> Result<Completed<T>> {
     let result = with_retries(opts, started, || async {
-        let resp = send(&route, &prepared, Some(remaining(started, opts))).await?;
+        let resp = send(route, prepared, Some(remaining(started, opts))).await?;
         let body = resp
             .bytes()
             .await
             .map_err(|e| transport_error(&e, &route.api_base))?;
-        route.dialect.parse_chat(&route, &body)
+        parse(&body)
     })
     .await;
     match result {
         Ok((response, attempts)) => {
-            let mut meta = CallMeta::new(&route, started);
+            let mut meta = CallMeta::new(route, started);
             meta.attempts = attempts;
             meta.cost = price(
                 route.provider,
-                [&route.model, &response.model],
-                response.usage.as_ref(),
+                [&route.model, response.model()],
+                response.usage(),
             );
             Ok(Completed {
                 response,
@@ -507,12 +556,7 @@ pub async fn completion_stream(
         return open_stream(req, opts).await;
     };
     let started = Instant::now();
-    let mut ctx = HookContext::new(request_id(), req.model.clone(), true);
-    ctx.caller = req
-        .params
-        .get("user")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let ctx = hook_context(&req, true);
     let mut req = req;
     match pipeline.pre(&ctx, &mut req).await? {
         Pre::Continue => {}
@@ -633,32 +677,10 @@ pub async fn embedding(
         .dialect
         .embedding_request(&route, &req, &extras(opts))
         .map_err(|e| e.with_context(route.provider, &route.model))?;
-    let result = with_retries(opts, started, || async {
-        let resp = send(&route, &prepared, Some(remaining(started, opts))).await?;
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&e, &route.api_base))?;
-        route.dialect.parse_embedding(&route, &req, &body)
+    exchange(&route, &prepared, opts, started, |body| {
+        route.dialect.parse_embedding(&route, &req, body)
     })
-    .await;
-    match result {
-        Ok((response, attempts)) => {
-            let mut meta = CallMeta::new(&route, started);
-            meta.attempts = attempts;
-            meta.cost = price(
-                route.provider,
-                [&route.model, &response.model],
-                response.usage.as_ref(),
-            );
-            Ok(Completed {
-                response,
-                meta,
-                elapsed: started.elapsed(),
-            })
-        }
-        Err(e) => Err(e.with_context(route.provider, &route.model)),
-    }
+    .await
 }
 
 #[cfg(test)]
