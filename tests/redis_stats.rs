@@ -1,198 +1,19 @@
 //! `RedisStats` and `RedisPool` against real `redis-server` processes: a standalone server, a
 //! three-master Redis Cluster and a Sentinel group, started (and killed, and restarted) by the
-//! helpers below on free ports.
+//! harness in `tests/common` on free ports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::redis_harness::{raw_command, RedisCluster, RedisServer, SentinelGroup};
 
 use _llmux::redis::{RedisConfig, RedisPool, RedisTarget};
 use _llmux::router::redis_stats::RedisStats;
 use _llmux::router::stats::{ClusterStats, DeploymentStats, LocalStats, Outcome};
 use _llmux::ErrorKind;
-
-// ---------------------------------------------------------------------------------------------
-// Harness: real redis-server processes.
-
-fn binary(name: &str) -> String {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        panic!(
-            "`{name}` is not installed: these tests need a real Redis. \
-             Install it (Debian/Ubuntu: `apt-get install redis-server`, which also provides \
-             redis-cli and sentinel mode)."
-        );
-    }
-    name.to_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn scratch_dir(tag: &str) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir =
-        std::env::temp_dir().join(format!("llmux-redis-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Sends one inline command and returns the raw reply (enough for PING / INFO checks).
-fn raw_command(port: u16, command: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    s.write_all(format!("{command}\r\n").as_bytes()).ok()?;
-    let mut buf = [0u8; 8192];
-    let n = s.read(&mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A `redis-server` child process; killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    args: Vec<String>,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    fn start(extra: &[&str]) -> Self {
-        Self::start_on(free_port(), extra)
-    }
-
-    fn start_on(port: u16, extra: &[&str]) -> Self {
-        let mut server = RedisServer {
-            child: None,
-            port,
-            args: extra.iter().map(|s| (*s).to_owned()).collect(),
-            dir: scratch_dir(&port.to_string()),
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(binary("redis-server"))
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let port = self.port;
-        wait_until(
-            "redis-server to answer PING",
-            Duration::from_secs(5),
-            || raw_command(port, "PING").is_some_and(|r| r.starts_with("+PONG")),
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same port (an empty dataset: nothing is saved).
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A Redis Cluster of three masters, no replicas.
-struct RedisCluster {
-    nodes: Vec<RedisServer>,
-}
-
-impl RedisCluster {
-    fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-            })
-            .collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let out = Command::new(binary("redis-cli"))
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("run redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        for n in &nodes {
-            let port = n.port;
-            wait_until("cluster_state:ok", Duration::from_secs(10), || {
-                raw_command(port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
-            });
-        }
-        RedisCluster { nodes }
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::url).collect()
-    }
-}
 
 fn config(target: RedisTarget) -> RedisConfig {
     RedisConfig::new(target)
@@ -542,62 +363,11 @@ async fn redis_cluster_shares_one_picture() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_finds_the_master_and_follows_a_failover() {
-    let master = RedisServer::start(&["--repl-diskless-sync-delay", "0"]);
-    let replica_port = free_port();
-    let replica = RedisServer::start_on(
-        replica_port,
-        &["--replicaof", "127.0.0.1", &master.port.to_string()],
-    );
-    wait_until("replication link", Duration::from_secs(10), || {
-        raw_command(replica.port, "INFO replication")
-            .is_some_and(|r| r.contains("master_link_status:up"))
-    });
-
-    let sentinel_port = free_port();
-    let dir = scratch_dir("sentinel");
-    let conf = dir.join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
-             sentinel monitor mymaster 127.0.0.1 {} 1\n\
-             sentinel down-after-milliseconds mymaster 1000\n\
-             sentinel failover-timeout mymaster 5000\n",
-            dir.display(),
-            master.port
-        ),
-    )
-    .unwrap();
-    struct Reap(Child, PathBuf);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _sentinel = Reap(
-        Command::new(binary("redis-server"))
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        dir,
-    );
-    eprintln!("T start {:?}", std::time::SystemTime::now());
-    wait_until(
-        "the sentinel to see the replica",
-        Duration::from_secs(10),
-        || {
-            raw_command(sentinel_port, "SENTINEL REPLICAS mymaster")
-                .is_some_and(|r| r.contains(&replica_port.to_string()))
-        },
-    );
-
+    let group = SentinelGroup::start();
+    let replica_port = group.replica.port;
+    let sentinel_port = group.sentinel_port;
     let cfg = config(RedisTarget::Sentinel {
-        master_name: "mymaster".into(),
+        master_name: SentinelGroup::MASTER_NAME.into(),
         nodes: vec![format!("redis://127.0.0.1:{sentinel_port}")],
     });
     let (pa, pb) = (
@@ -605,20 +375,9 @@ async fn sentinel_finds_the_master_and_follows_a_failover() {
         RedisPool::connect(&cfg).await.unwrap(),
     );
     two_instances_share(&pa, &pb).await;
-    eprintln!("T shared {:?}", std::time::SystemTime::now());
 
     // A failover: the replica becomes the master, the old master a replica (READONLY).
-    // The sentinel refuses (NOGOODSLAVE) until its link to the replica is up: ask until it
-    // accepts.
-    wait_until(
-        "the sentinel to start a failover",
-        Duration::from_secs(10),
-        || {
-            raw_command(sentinel_port, "SENTINEL FAILOVER mymaster")
-                .is_some_and(|r| r.starts_with("+OK"))
-        },
-    );
-    eprintln!("T failover accepted {:?}", std::time::SystemTime::now());
+    group.failover();
     let s = stats(&pa, Duration::from_secs(120));
     let start = Instant::now();
     loop {
@@ -646,11 +405,9 @@ async fn sentinel_finds_the_master_and_follows_a_failover() {
     count.arg("llmux:rs:{after-failover}:lease");
     let n: i64 = pa.query(count).await.unwrap();
     assert!(n >= 1);
-    eprintln!("T followed {:?}", std::time::SystemTime::now());
     let direct = pool(&format!("redis://127.0.0.1:{replica_port}")).await;
     let mut count = redis::cmd("ZCARD");
     count.arg("llmux:rs:{after-failover}:lease");
     assert_eq!(direct.query::<i64>(count).await.unwrap(), n);
-    drop(master);
-    drop(replica);
+    drop(group);
 }
