@@ -18,6 +18,7 @@
 pub mod error;
 pub mod hooks;
 pub mod http;
+pub mod limiter;
 pub mod pipeline;
 pub mod pricing;
 pub mod providers;

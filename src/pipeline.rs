@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hooks::{self, HookContext, Pre};
 use crate::http::{client, transport_error};
+use crate::limiter::{self, Admission, Caller};
 use crate::pricing;
 use crate::providers::{media, resolve, Endpoint, Extras, PreparedRequest, Route};
 use crate::retry::{decide, Backoff, Decision};
@@ -70,6 +71,10 @@ pub struct CallOptions {
     pub mock: Option<Mock>,
     /// Hooks around the call (none by default).
     pub hooks: Option<Arc<hooks::Pipeline>>,
+    /// Rate limits every call must pass (none by default).
+    pub admission: Option<Arc<Admission>>,
+    /// The caller's team (from `metadata`), for limits by team.
+    pub team: Option<String>,
 }
 
 impl Default for CallOptions {
@@ -85,6 +90,8 @@ impl Default for CallOptions {
             extra_body: None,
             mock: None,
             hooks: None,
+            admission: None,
+            team: None,
         }
     }
 }
@@ -393,7 +400,7 @@ fn validate(req: &ChatRequest) -> Result<()> {
     Ok(())
 }
 
-fn request_id() -> String {
+pub fn request_id() -> String {
     format!("req-{:016x}", rand::random::<u64>())
 }
 
@@ -416,7 +423,7 @@ fn hooks(opts: &CallOptions) -> Option<&Arc<hooks::Pipeline>> {
 /// A unary chat completion: pre hooks, the upstream call, post hooks.
 pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Completed<ChatCompletion>> {
     let Some(pipeline) = hooks(opts) else {
-        return unary(req, opts).await;
+        return admitted_unary(req, opts).await;
     };
     let started = Instant::now();
     let mut ctx = hook_context(&req, false);
@@ -433,7 +440,7 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
             });
         }
     }
-    let (mut outcome, meta) = match unary(req, opts).await {
+    let (mut outcome, meta) = match admitted_unary(req, opts).await {
         Ok(done) => {
             ctx.cost = done.meta.cost;
             (Ok(done.response), Some(done.meta))
@@ -448,6 +455,78 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
         meta,
         elapsed: started.elapsed(),
     })
+}
+
+/// Who is calling, for rate limits: the API key (hashed), the OpenAI `user`, the team.
+fn caller_of(params: &Map<String, Value>, opts: &CallOptions) -> Caller {
+    limiter::caller_of(
+        params,
+        opts.endpoint.api_key.as_ref().map(|k| k.expose()),
+        opts.team.as_deref(),
+    )
+}
+
+/// A denial names the model the caller asked for.
+fn denied(e: Error, model: &str) -> Error {
+    let mut e = e;
+    e.model = Some(model.to_owned());
+    e
+}
+
+/// A unary completion behind the rate limits: admitted (tokens reserved), then settled with
+/// the real usage (refunded when it failed).
+async fn admitted_unary(req: ChatRequest, opts: &CallOptions) -> Result<Completed<ChatCompletion>> {
+    let Some(admission) = &opts.admission else {
+        return unary(req, opts).await;
+    };
+    let caller = caller_of(&req.params, opts);
+    let ticket = admission
+        .admit_chat(&request_id(), &caller, &req)
+        .await
+        .map_err(|e| denied(e, &req.model))?;
+    let out = unary(req, opts).await;
+    let used = out
+        .as_ref()
+        .ok()
+        .and_then(|c| c.response.usage.as_ref())
+        .map_or(0, |u| u.total_tokens);
+    ticket.settle(used);
+    out
+}
+
+/// A stream behind the rate limits: settled when it ends with its usage, or, when the caller
+/// leaves early, with the prompt estimate plus what was streamed.
+async fn admitted_stream(req: ChatRequest, opts: &CallOptions) -> Result<(ChatStream, CallMeta)> {
+    let Some(admission) = &opts.admission else {
+        return open_stream(req, opts).await;
+    };
+    let caller = caller_of(&req.params, opts);
+    let ticket = admission
+        .admit_chat(&request_id(), &caller, &req)
+        .await
+        .map_err(|e| denied(e, &req.model))?;
+    let prompt = limiter::estimate_prompt_tokens(&req.messages);
+    match open_stream(req, opts).await {
+        Ok((mut s, meta)) => {
+            settle_when_done(&mut s, ticket, prompt);
+            Ok((s, meta))
+        }
+        Err(e) => {
+            ticket.settle(0);
+            Err(e)
+        }
+    }
+}
+
+/// Settles `ticket` when `s` ends, fails, or is dropped.
+pub fn settle_when_done(s: &mut ChatStream, ticket: limiter::Ticket, prompt_estimate: u64) {
+    s.on_finish(move |summary| {
+        let used = summary.usage.as_ref().map_or_else(
+            || limiter::streamed_usage(prompt_estimate, summary.streamed_chars),
+            |u| u.total_tokens,
+        );
+        ticket.settle(used);
+    });
 }
 
 /// The upstream part of a unary completion (or its mock).
@@ -553,7 +632,7 @@ pub async fn completion_stream(
     opts: &CallOptions,
 ) -> Result<(ChatStream, CallMeta)> {
     let Some(pipeline) = hooks(opts) else {
-        return open_stream(req, opts).await;
+        return admitted_stream(req, opts).await;
     };
     let started = Instant::now();
     let ctx = hook_context(&req, true);
@@ -568,7 +647,7 @@ pub async fn completion_stream(
             return Ok((s, CallMeta::answered_by("hook", started)));
         }
     }
-    let (mut s, meta) = open_stream(req, opts).await?;
+    let (mut s, meta) = admitted_stream(req, opts).await?;
     settle_stream_with_post_hooks(&mut s, pipeline, &ctx, meta.provider, &meta.upstream_model);
     s.set_hooks(pipeline.clone(), ctx);
     Ok((s, meta))
@@ -667,6 +746,30 @@ async fn open_stream(req: ChatRequest, opts: &CallOptions) -> Result<(ChatStream
 
 /// Embeddings.
 pub async fn embedding(
+    req: EmbeddingRequest,
+    opts: &CallOptions,
+) -> Result<Completed<EmbeddingResponse>> {
+    let ticket = match &opts.admission {
+        Some(admission) => {
+            let caller = caller_of(&req.params, opts);
+            admission
+                .admit_embedding(&request_id(), &caller, &req.model, &req.input)
+                .await
+                .map_err(|e| denied(e, &req.model))?
+        }
+        None => limiter::Ticket::none(),
+    };
+    let out = embedding_call(req, opts).await;
+    let used = out
+        .as_ref()
+        .ok()
+        .and_then(|c| c.response.usage.as_ref())
+        .map_or(0, |u| u.total_tokens);
+    ticket.settle(used);
+    out
+}
+
+async fn embedding_call(
     req: EmbeddingRequest,
     opts: &CallOptions,
 ) -> Result<Completed<EmbeddingResponse>> {

@@ -102,10 +102,165 @@ impl RedisConfig {
     }
 }
 
+impl RedisConfig {
+    /// The keys [`RedisConfig::from_json`] accepts.
+    pub const KEYS: [&'static str; 11] = [
+        "url",
+        "host",
+        "port",
+        "username",
+        "password",
+        "db",
+        "tls",
+        "cluster_nodes",
+        "sentinel",
+        "connect_timeout",
+        "command_timeout",
+    ];
+
+    /// Reads a `redis` config block: `url`; or `host` / `port` / `username` / `password` /
+    /// `db` / `tls`; or `cluster_nodes` (URLs or `host:port`); or `sentinel: {master_name,
+    /// nodes}`; plus `connect_timeout` / `command_timeout` in seconds. Anything else, or a value
+    /// of the wrong type, is an `invalid_config` error naming the key.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        use serde_json::Value;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::invalid_config("redis must be a mapping"))?;
+        for k in obj.keys() {
+            if !Self::KEYS.contains(&k.as_str()) {
+                return Err(Error::invalid_config(format!(
+                    "redis.{k}: unknown key (known: {})",
+                    Self::KEYS.join(", ")
+                )));
+            }
+        }
+        let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
+        let text = |k: &str| -> Result<Option<String>> {
+            match get(k) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(Value::Number(n)) => Ok(Some(n.to_string())),
+                Some(_) => Err(Error::invalid_config(format!("redis.{k} must be a string"))),
+            }
+        };
+        let tls = match get("tls") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(Error::invalid_config("redis.tls must be true or false")),
+        };
+        let scheme = if tls { "rediss" } else { "redis" };
+        let auth = match (text("username")?, text("password")?) {
+            (None, None) => String::new(),
+            (u, p) => format!(
+                "{}:{}@",
+                percent(u.as_deref().unwrap_or("")),
+                percent(p.as_deref().unwrap_or(""))
+            ),
+        };
+        let db = match get("db") {
+            None => String::new(),
+            Some(v) => match v.as_u64() {
+                Some(n) => format!("/{n}"),
+                None => return Err(Error::invalid_config("redis.db must be a whole number")),
+            },
+        };
+        let node_url = |n: &str| {
+            if n.contains("://") {
+                n.to_owned()
+            } else {
+                format!("{scheme}://{auth}{n}{db}")
+            }
+        };
+        let list = |k: &str, v: &Value| -> Result<Vec<String>> {
+            let items = v
+                .as_array()
+                .ok_or_else(|| Error::invalid_config(format!("redis.{k} must be a list")))?;
+            items
+                .iter()
+                .map(|i| {
+                    i.as_str().map(node_url).ok_or_else(|| {
+                        Error::invalid_config(format!("redis.{k} must hold strings"))
+                    })
+                })
+                .collect()
+        };
+        let target = if let Some(nodes) = get("cluster_nodes") {
+            RedisTarget::Cluster(list("cluster_nodes", nodes)?)
+        } else if let Some(sentinel) = get("sentinel") {
+            let master_name = sentinel
+                .get("master_name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::invalid_config("redis.sentinel.master_name is required"))?
+                .to_owned();
+            let nodes = sentinel
+                .get("nodes")
+                .ok_or_else(|| Error::invalid_config("redis.sentinel.nodes is required"))?;
+            // Sentinels are reached without the master's credentials.
+            let nodes = nodes
+                .as_array()
+                .ok_or_else(|| Error::invalid_config("redis.sentinel.nodes must be a list"))?
+                .iter()
+                .map(|n| {
+                    n.as_str()
+                        .map(|n| {
+                            if n.contains("://") {
+                                n.to_owned()
+                            } else {
+                                format!("{scheme}://{n}")
+                            }
+                        })
+                        .ok_or_else(|| {
+                            Error::invalid_config("redis.sentinel.nodes must hold strings")
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            RedisTarget::Sentinel { master_name, nodes }
+        } else if let Some(url) = text("url")? {
+            RedisTarget::Url(url)
+        } else {
+            let host = text("host")?.unwrap_or_else(|| "127.0.0.1".to_owned());
+            let port = text("port")?.unwrap_or_else(|| "6379".to_owned());
+            RedisTarget::Url(node_url(&format!("{host}:{port}")))
+        };
+        let mut cfg = RedisConfig::new(target);
+        for (k, slot) in [
+            ("connect_timeout", &mut cfg.connect_timeout),
+            ("command_timeout", &mut cfg.command_timeout),
+        ] {
+            if let Some(v) = get(k) {
+                match v.as_f64() {
+                    Some(s) if s.is_finite() && s > 0.0 => *slot = Duration::from_secs_f64(s),
+                    _ => {
+                        return Err(Error::invalid_config(format!(
+                            "redis.{k} must be a positive number of seconds"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Percent-encodes a URL user-info part.
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A handle on Redis: cheap to clone, safe to share, every call bounded by a deadline.
 #[derive(Clone)]
 pub struct RedisPool {
     conn: Conn,
+    config: Arc<RedisConfig>,
     command_timeout: Duration,
     /// Redacted description of the target, for messages.
     label: Arc<str>,
@@ -227,6 +382,7 @@ impl RedisPool {
         };
         Ok(RedisPool {
             conn,
+            config: Arc::new(cfg.clone()),
             command_timeout: cfg.command_timeout,
             label,
         })
@@ -292,6 +448,16 @@ impl RedisPool {
     /// The configured per-call deadline.
     pub fn command_timeout(&self) -> Duration {
         self.command_timeout
+    }
+
+    /// How this pool was configured.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// Whether this is a Redis Cluster (a script's keys must then share one slot).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
     }
 
     async fn bounded<T>(
@@ -554,6 +720,46 @@ mod tests {
         assert_eq!(redact_url("redis://h:1"), "redis://h:1");
         let t = RedisTarget::Url("redis://u:s3cret@h:1".into());
         assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn config_blocks() {
+        use serde_json::json;
+        let c = RedisConfig::from_json(
+            &json!({"host": "h", "port": 7000, "password": "p@ss", "db": 2, "tls": true}),
+        )
+        .unwrap();
+        assert_eq!(
+            c.target,
+            RedisTarget::Url("rediss://:p%40ss@h:7000/2".into())
+        );
+        assert!(!format!("{c:?}").contains("p%40ss"));
+        let c = RedisConfig::from_json(
+            &json!({"cluster_nodes": ["a:1", "redis://b:2"], "command_timeout": 0.05}),
+        )
+        .unwrap();
+        assert_eq!(
+            c.target,
+            RedisTarget::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        assert_eq!(c.command_timeout, Duration::from_millis(50));
+        let c = RedisConfig::from_json(
+            &json!({"sentinel": {"master_name": "m", "nodes": ["s:26379"]}}),
+        )
+        .unwrap();
+        assert!(matches!(c.target, RedisTarget::Sentinel { .. }));
+        for bad in [
+            json!({"hots": "x"}),
+            json!({"db": "two"}),
+            json!({"sentinel": {"nodes": []}}),
+            json!({"command_timeout": -1}),
+        ] {
+            assert_eq!(
+                RedisConfig::from_json(&bad).unwrap_err().kind,
+                ErrorKind::InvalidConfig,
+                "{bad}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ Module settings mirror LiteLLM's: ``api_key``, ``api_base``, ``num_retries``,
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from . import _llmux
 from ._aio import run as _run
@@ -85,6 +85,11 @@ set_verbose: bool = False
 # priced spend reaches it. ``set_budget`` offers windows, per-user budgets and Redis sharing.
 max_budget: Optional[float] = None
 _budget_applied: Optional[float] = None
+# Rate limit of every call of this process (the ``rate_limit`` block, as a dict): rpm / tpm /
+# parallel requests per API key, user, team or model; ``distributed: True`` with a ``redis``
+# entry shares it between processes. See ``set_rate_limit``.
+rate_limit: Optional[Dict[str, Any]] = None
+_rate_limit_applied: Any = None
 
 # Callbacks (LiteLLM's names): CustomLogger instances in ``callbacks``; plain functions
 # ``fn(kwargs, completion_response, start_time, end_time)`` in ``success_callback`` /
@@ -100,6 +105,8 @@ input_callback: list = []
 def _apply_settings(kwargs: dict) -> dict:
     if max_budget != _budget_applied:
         _sync_max_budget()
+    if rate_limit != _rate_limit_applied:
+        set_rate_limit(rate_limit)
     if api_key is not None and "api_key" not in kwargs:
         kwargs["api_key"] = api_key
     if api_base is not None and "api_base" not in kwargs and "base_url" not in kwargs:
@@ -132,6 +139,29 @@ def set_budget(
     global _budget_applied
     _llmux.set_budget(max_budget, window, per_user, redis_url)
     _budget_applied = globals()["max_budget"]
+
+
+def set_rate_limit(config: Optional[Dict[str, Any]], redis: Optional[Dict[str, Any]] = None) -> None:
+    """Limits every call of this process (``None`` removes the limit). ``config`` is the
+    ``rate_limit`` block: ``requests_per_minute``, ``tokens_per_minute``,
+    ``max_parallel_requests``, ``request_burst``, ``token_burst``, ``key_strategy``
+    (``api_key`` | ``user`` | ``model`` | ``api_key_model`` | ``team``), ``distributed`` and
+    ``on_redis_failure`` (``open`` | ``closed`` | ``local``). ``redis`` (or a ``redis`` entry in
+    ``config``) is where distributed limits live: ``url``, or ``host``/``port``/``password``/
+    ``db``/``tls``, or ``cluster_nodes``, or ``sentinel: {master_name, nodes}``. A call over a
+    limit raises ``RateLimitError`` with the time to wait, before reaching the provider."""
+    global _rate_limit_applied
+    cfg = dict(config) if config is not None else None
+    if cfg is not None and "redis" in cfg:
+        redis = cfg.pop("redis")
+    _llmux.set_rate_limit(cfg, redis)
+    _rate_limit_applied = globals()["rate_limit"]
+
+
+def rate_limit_stats() -> Optional[Dict[str, Any]]:
+    """The rate limiter's counters (admitted, denied, Redis errors, fallback decisions, breaker
+    state, live processes), or None without a rate limit."""
+    return _llmux.rate_limit_stats()
 
 
 def current_spend(user: Optional[str] = None) -> Optional[float]:

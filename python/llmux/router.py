@@ -5,7 +5,9 @@ grouped by ``model_name``; each call picks a deployment of the group with the ro
 retries on other deployments, cools failing ones down, and falls back to other groups. Routing
 statistics (in-flight counts, latency, per-minute usage, cooldowns) live in the engine: per
 process by default, shared by every process that names the same Redis (``redis_url``,
-``redis_host``/``redis_port``/``redis_password``, or ``redis_cluster_nodes``).
+``redis_host``/``redis_port``/``redis_password``, ``redis_cluster_nodes``, or a ``redis`` block
+with ``sentinel``/``tls``/``db``). Deployments' ``rpm``/``tpm``/``max_parallel_requests`` and
+the ``rate_limit`` block are enforced by the engine's limiter, in Redis when one is configured.
 """
 
 from __future__ import annotations
@@ -63,19 +65,23 @@ class Router:
         redis_password: Optional[str] = None,
         redis_cluster_nodes: Optional[List[str]] = None,
         stats_lease_ttl: Optional[float] = None,
+        rate_limit: Optional[Dict[str, Any]] = None,
+        redis: Optional[Dict[str, Any]] = None,
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - _NO_EFFECT)
         if unknown:
             raise TypeError(f"Router() got settings llmux does not implement: {', '.join(unknown)}")
-        redis: Optional[Dict[str, Any]] = None
-        if redis_cluster_nodes:
+        if redis is not None:
+            redis = dict(redis)
+        elif redis_cluster_nodes:
             redis = {"cluster_nodes": list(redis_cluster_nodes)}
         elif redis_url:
             redis = {"url": redis_url}
         elif redis_host or redis_port:
-            auth = f":{redis_password}@" if redis_password else ""
-            redis = {"url": f"redis://{auth}{redis_host or '127.0.0.1'}:{redis_port or 6379}"}
+            redis = {"host": redis_host or "127.0.0.1", "port": int(redis_port or 6379)}
+            if redis_password:
+                redis["password"] = redis_password
         elif redis_password:
             raise ValueError("redis_password needs redis_host/redis_port or redis_url")
         if routing_strategy not in _STRATEGIES:
@@ -111,6 +117,8 @@ class Router:
             settings["redis"] = redis
         if stats_lease_ttl is not None:
             settings["stats_lease_ttl"] = stats_lease_ttl
+        if rate_limit is not None:
+            settings["rate_limit"] = dict(rate_limit)
         self._native = _llmux.NativeRouter(self.model_list, settings)
 
     # --- introspection ----------------------------------------------------------------
@@ -123,6 +131,11 @@ class Router:
 
     def get_model_list(self, model_name: Optional[str] = None) -> List[Dict[str, Any]]:
         return [d for d in self.model_list if model_name is None or d["model_name"] == model_name]
+
+    def rate_limit_stats(self) -> Dict[str, Any]:
+        """The limiter's counters: admitted, denied, Redis errors, decisions taken by the failure
+        policy, breaker state, live processes sharing the limits."""
+        return self._native.rate_limit_stats()
 
     def get_deployment_stats(self) -> List[Dict[str, Any]]:
         """Per deployment: in-flight count, latency and TTFT averages, this minute's requests,

@@ -115,6 +115,7 @@ pub fn split_kwargs(
     let mut params = Map::new();
     let mut opts = CallOptions {
         hooks: super::hooks::current(),
+        admission: super::limits::current(),
         ..CallOptions::default()
     };
     let mut drop_list: Vec<String> = Vec::new();
@@ -190,6 +191,19 @@ pub fn split_kwargs(
                     drop_list = v
                         .extract()
                         .map_err(|_| type_err(key, "a list of parameter names"))?;
+                }
+            }
+            // Limits by team read the caller's team from LiteLLM's metadata keys.
+            "metadata" => {
+                if let Ok(d) = v.cast::<PyDict>() {
+                    for name in ["team_id", "user_api_key_team_id"] {
+                        if let Some(t) = d.get_item(name)? {
+                            if let Ok(t) = t.extract::<String>() {
+                                opts.team = Some(t);
+                                break;
+                            }
+                        }
+                    }
                 }
             }
             k if CONSUMED.contains(&k) => {}

@@ -10,6 +10,7 @@ mod completion;
 mod convert;
 mod errors;
 mod hooks;
+mod limits;
 mod pricing;
 mod router;
 mod runtime;
@@ -40,6 +41,8 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hooks::set_budget, m)?)?;
     m.add_function(wrap_pyfunction!(hooks::current_spend, m)?)?;
     m.add_function(wrap_pyfunction!(hooks::set_request_log, m)?)?;
+    m.add_function(wrap_pyfunction!(limits::set_rate_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(limits::rate_limit_stats, m)?)?;
     m.add_class::<stream::NativeStream>()?;
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<bridge::TaskHandle>()?;

@@ -19,10 +19,13 @@ use super::errors::to_pyerr;
 use super::runtime::block_on;
 use super::stream;
 use crate::error::Result;
+use crate::limiter::{
+    FailPolicy, LocalLimiter, RateLimitConfig, RateLimiter, RedisLimiter, RedisLimiterOptions,
+};
 use crate::pipeline::{CallMeta, Completed, Mock};
 use crate::pricing;
 use crate::providers::{Endpoint, Secret};
-use crate::redis::{RedisConfig, RedisPool, RedisTarget};
+use crate::redis::{RedisConfig, RedisPool};
 use crate::router::budget::RetryBudget;
 use crate::router::redis_stats::RedisStats;
 use crate::router::stats::{ClusterStats, LocalStats};
@@ -335,32 +338,65 @@ impl Outcome for RoutedStream {
     }
 }
 
-/// In-process stats, or Redis-backed ones shared by every process on the same Redis.
-fn cluster_stats(py: Python<'_>, s: &Map<String, Value>) -> PyResult<Arc<dyn ClusterStats>> {
-    let Some(redis) = s.get("redis").and_then(Value::as_object) else {
-        return Ok(Arc::new(LocalStats::new()));
+/// In-process stats and limits, or Redis-backed ones shared by every process on the same
+/// Redis. Deployment limits follow the Redis setting; the `rate_limit` block may keep its own
+/// limits in process (`distributed: false`) and sets the failure policy.
+type SharedState = (
+    Arc<dyn ClusterStats>,
+    Arc<dyn RateLimiter>,
+    Option<RateLimitConfig>,
+);
+
+fn shared_state(py: Python<'_>, s: &Map<String, Value>) -> PyResult<SharedState> {
+    let rate_limit = s
+        .get("rate_limit")
+        .filter(|v| !v.is_null())
+        .map(RateLimitConfig::from_json)
+        .transpose()
+        .map_err(|e| bad(e.message.clone()))?;
+    let Some(redis) = s.get("redis").filter(|v| !v.is_null()) else {
+        if rate_limit.as_ref().is_some_and(|r| r.distributed) {
+            return Err(bad(
+                "rate_limit.distributed is true but no Redis is configured (redis_url, redis_host, ...)".into(),
+            ));
+        }
+        return Ok((
+            Arc::new(LocalStats::new()),
+            Arc::new(LocalLimiter::new()),
+            rate_limit,
+        ));
     };
-    let target = if let Some(nodes) = redis.get("cluster_nodes") {
-        let nodes: Vec<String> = serde_json::from_value(nodes.clone())
-            .map_err(|_| bad("redis cluster_nodes must be a list of URLs".into()))?;
-        RedisTarget::Cluster(nodes)
-    } else {
-        RedisTarget::Url(
-            redis
-                .get("url")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("redis needs a url".into()))?
-                .to_owned(),
-        )
-    };
+    let cfg = RedisConfig::from_json(redis).map_err(|e| bad(e.message.clone()))?;
     let lease = match s.get("stats_lease_ttl").filter(|v| !v.is_null()) {
         Some(v) => secs(v, "stats_lease_ttl")?,
         None => Duration::from_secs(120),
     };
-    let cfg = RedisConfig::new(target);
-    let pool = block_on(py, async move { RedisPool::connect(&cfg).await })?
-        .map_err(|e| to_pyerr(py, e))?;
-    Ok(Arc::new(RedisStats::new(pool, "llmux", lease)))
+    let policy = rate_limit
+        .as_ref()
+        .map_or(FailPolicy::Local, |r| r.on_redis_failure);
+    let local_limits = rate_limit.as_ref().is_some_and(|r| !r.distributed)
+        && s.get("rate_limit")
+            .and_then(|r| r.get("distributed"))
+            .is_some();
+    let (pool, limiter) = block_on(py, async move {
+        let pool = RedisPool::connect(&cfg).await?;
+        let limiter: Arc<dyn RateLimiter> = if local_limits {
+            Arc::new(LocalLimiter::new())
+        } else {
+            let opts = RedisLimiterOptions {
+                policy,
+                ..Default::default()
+            };
+            RedisLimiter::with_pool(pool.clone(), opts).await
+        };
+        Ok::<_, crate::Error>((pool, limiter))
+    })?
+    .map_err(|e| to_pyerr(py, e))?;
+    Ok((
+        Arc::new(RedisStats::new(pool, "llmux", lease)),
+        limiter,
+        rate_limit,
+    ))
 }
 
 #[pyclass(module = "llmux._llmux", frozen)]
@@ -402,9 +438,10 @@ impl NativeRouter {
         let s: Map<String, Value> = depythonize(settings_dict)
             .map_err(|e| PyTypeError::new_err(format!("router settings: {e}")))?;
         let (settings, budget) = settings(&s)?;
-        let stats = cluster_stats(py, &s)?;
+        let (stats, limiter, rate_limit) = shared_state(py, &s)?;
         let router = Router::new(deployments, settings, stats, budget)
-            .map_err(|e| bad(e.message.clone()))?;
+            .map_err(|e| bad(e.message.clone()))?
+            .with_limits(limiter, rate_limit);
         Ok(NativeRouter {
             inner: Arc::new(router),
         })
@@ -523,6 +560,11 @@ impl NativeRouter {
                 router.embedding(req, &opts, &[]).await;
             RoutedUnary(r, model)
         })
+    }
+
+    /// The limiter's counters: a dict.
+    fn rate_limit_stats(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        super::limits::stats_to_py(py, &self.inner.limiter().stats())
     }
 
     /// Every deployment with its stats: a list of dicts.

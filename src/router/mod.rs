@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::limiter::{self, Demand, Rate, RateLimitConfig, RateLimiter, ScopeLimits, Ticket};
 use crate::pipeline::{self, CallMeta, CallOptions, Completed, Mock};
 use crate::providers::Endpoint;
 use crate::retry::Backoff;
@@ -116,6 +117,10 @@ pub struct Router {
     settings: Settings,
     stats: Arc<dyn ClusterStats>,
     budget: RetryBudget,
+    /// Enforces deployments' rpm / tpm / max_parallel_requests and the router's `rate_limit`.
+    limiter: Arc<dyn RateLimiter>,
+    /// Limits on every call through the router, by caller (`rate_limit`).
+    request_limits: Option<RateLimitConfig>,
 }
 
 /// When an attempt's stats are settled: now (with its tokens), or by the attempt itself later
@@ -178,6 +183,65 @@ impl Router {
             settings,
             stats,
             budget,
+            limiter: Arc::new(limiter::LocalLimiter::new()),
+            request_limits: None,
+        })
+    }
+
+    /// Enforces limits with `limiter` (a Redis limiter shares them between processes):
+    /// deployments' own rpm / tpm / max_parallel_requests, and `request_limits` on every call.
+    pub fn with_limits(
+        mut self,
+        limiter: Arc<dyn RateLimiter>,
+        request_limits: Option<RateLimitConfig>,
+    ) -> Self {
+        self.limiter = limiter;
+        self.request_limits = request_limits.filter(RateLimitConfig::is_active);
+        self
+    }
+
+    pub fn limiter(&self) -> &Arc<dyn RateLimiter> {
+        &self.limiter
+    }
+
+    /// A deployment's own limits.
+    fn deployment_limits(d: &Deployment) -> ScopeLimits {
+        ScopeLimits {
+            scope: format!("deployment:{}", d.id),
+            rpm: d.rpm.map(Rate::per_minute),
+            tpm: d.tpm.map(Rate::per_minute),
+            max_parallel: d.max_parallel_requests,
+        }
+    }
+
+    /// Admits a call through the router by its caller (the `rate_limit` block).
+    async fn admit_call(
+        &self,
+        opts: &CallOptions,
+        params: &Map<String, Value>,
+        group: &str,
+        tokens: u64,
+    ) -> Result<Ticket> {
+        let Some(cfg) = &self.request_limits else {
+            return Ok(Ticket::none());
+        };
+        let caller = limiter::caller_of(
+            params,
+            opts.endpoint.api_key.as_ref().map(|k| k.expose()),
+            opts.team.as_deref(),
+        );
+        limiter::admit(
+            &self.limiter,
+            Demand {
+                request_id: pipeline::request_id(),
+                scopes: vec![cfg.scope_for(&caller, group)],
+                tokens,
+            },
+        )
+        .await
+        .map_err(|mut e| {
+            e.model = Some(group.to_owned());
+            e
         })
     }
 
@@ -226,7 +290,12 @@ impl Router {
     }
 
     /// Picks a deployment of the group, or explains why none is available.
-    async fn pick(&self, call: &Call<'_>, excluded: &HashSet<String>) -> Result<Arc<Deployment>> {
+    async fn pick(
+        &self,
+        call: &Call<'_>,
+        excluded: &HashSet<String>,
+        limited: &HashSet<String>,
+    ) -> Result<Option<Arc<Deployment>>> {
         let in_group: Vec<&Arc<Deployment>> = self
             .deployments
             .iter()
@@ -242,6 +311,14 @@ impl Router {
                     call.group, call.tags
                 )
             }));
+        }
+        // Deployments whose limits refused this call are out of it.
+        let in_group: Vec<&Arc<Deployment>> = in_group
+            .into_iter()
+            .filter(|d| !limited.contains(&d.id))
+            .collect();
+        if in_group.is_empty() {
+            return Ok(None);
         }
         // Prefer deployments not yet tried in this call; fall back to all when none is left.
         let fresh: Vec<&Arc<Deployment>> = in_group
@@ -294,24 +371,24 @@ impl Router {
             call.est_tokens,
             rand::random::<f64>(),
         ) {
-            Some(k) => Ok(pool[candidates[k].0].clone()),
+            Some(k) => Ok(Some(pool[candidates[k].0].clone())),
             None => {
-                let wait = snap.iter().filter_map(|s| s.cooldown_remaining).min();
+                // Cooling down: until the first cooldown ends. Full for this minute (the
+                // stats' windows are wall-clock minutes): until the next minute starts.
+                let cooling = snap.iter().filter_map(|s| s.cooldown_remaining).min();
+                let wait = cooling.or_else(|| Some(until_next_minute()));
                 let mut e = Error::new(
                     ErrorKind::RateLimited,
-                    match wait {
-                        Some(w) => format!(
-                            "No deployments available for selected model, Try again in {} seconds. Passed model={}. \
-                             All deployments are cooling down or at their limits.",
-                            w.as_secs().max(1),
-                            call.group
-                        ),
-                        None => format!(
-                            "No deployments available for selected model. Passed model={}. All deployments are at \
-                             their rpm/tpm or parallel-request limits.",
-                            call.group
-                        ),
-                    },
+                    format!(
+                        "No deployments available for selected model, Try again in {} seconds. Passed model={}. {}",
+                        wait.map_or(1, |w| w.as_secs().max(1)),
+                        call.group,
+                        if cooling.is_some() {
+                            "All deployments are cooling down or at their limits."
+                        } else {
+                            "All deployments are at their rpm/tpm or parallel-request limits."
+                        }
+                    ),
                 )
                 .with_retry_after(wait);
                 e.provider = Some("router".into());
@@ -347,6 +424,8 @@ impl Router {
         let mut o = base.clone();
         o.endpoint = merge_endpoint(&d.endpoint, &base.endpoint);
         o.num_retries = 0;
+        // The router admits calls itself (its `rate_limit` and deployment limits).
+        o.admission = None;
         let left = deadline.saturating_duration_since(Instant::now());
         o.timeout = d.timeout.map_or(left, |t| t.min(left));
         if o.mock.is_none() {
@@ -380,7 +459,7 @@ impl Router {
         mut attempt: F,
     ) -> Result<Routed<T>>
     where
-        F: FnMut(Arc<Deployment>, Instant) -> Fut,
+        F: FnMut(Arc<Deployment>, Instant, Ticket) -> Fut,
         Fut: std::future::Future<Output = (Result<T>, Settle)>,
     {
         if !self.group_exists(group) {
@@ -434,13 +513,57 @@ impl Router {
         attempt: &mut F,
     ) -> Result<(T, String, u32)>
     where
-        F: FnMut(Arc<Deployment>, Instant) -> Fut,
+        F: FnMut(Arc<Deployment>, Instant, Ticket) -> Fut,
         Fut: std::future::Future<Output = (Result<T>, Settle)>,
     {
         let mut excluded = HashSet::new();
+        let mut limited = HashSet::new();
+        let mut refusal: Option<Error> = None;
         let mut retries: u32 = 0;
         loop {
-            let d = self.pick(call, &excluded).await?;
+            let Some(d) = self.pick(call, &excluded, &limited).await? else {
+                // Every deployment of the group refused on its own limits.
+                let wait = refusal.as_ref().and_then(|e| e.retry_after);
+                let mut e = Error::new(
+                    ErrorKind::RateLimited,
+                    format!(
+                        "No deployments available for selected model, Try again in {} seconds. Passed model={}. \
+                         All deployments are at their rpm/tpm or parallel-request limits.",
+                        wait.map_or(1, |w| w.as_secs().max(1)),
+                        call.group
+                    ),
+                )
+                .with_retry_after(wait);
+                e.provider = Some("router".into());
+                e.model = Some(call.group.to_owned());
+                return Err(e);
+            };
+            let own = Self::deployment_limits(&d);
+            let ticket = if own.is_empty() {
+                Ticket::none()
+            } else {
+                let demand = Demand {
+                    request_id: pipeline::request_id(),
+                    scopes: vec![own],
+                    tokens: call.est_tokens,
+                };
+                match limiter::admit(&self.limiter, demand).await {
+                    Ok(t) => t,
+                    Err(e) if e.kind == ErrorKind::RateLimited => {
+                        limited.insert(d.id.clone());
+                        let shorter = match (&refusal, e.retry_after) {
+                            (Some(prev), Some(w)) => prev.retry_after.is_some_and(|p| w < p),
+                            (None, _) => true,
+                            _ => false,
+                        };
+                        if shorter {
+                            refusal = Some(e);
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             let before = self
                 .stats
                 .snapshot(std::slice::from_ref(&d.id))
@@ -449,7 +572,7 @@ impl Router {
                 .unwrap_or_default();
             self.stats.begin(&d.id).await?;
             let started = Instant::now();
-            let (result, settle) = attempt(d.clone(), call.deadline).await;
+            let (result, settle) = attempt(d.clone(), call.deadline, ticket).await;
             let tokens = match settle {
                 Settle::Later if result.is_ok() => None,
                 Settle::Later => Some(0),
@@ -515,33 +638,43 @@ impl Router {
     ) -> Result<Routed<Completed<ChatCompletion>>> {
         let mut req = req;
         let forced = take_mock_failure(&mut req.params);
-        let est = estimate_tokens(&req);
+        let est = limiter::reservation(&req);
         let group = req.model.clone();
         let timeout = self.timeout_for(opts);
-        self.route(&group, tags, est, timeout, false, |d, deadline| {
-            let r = Self::request_for(&d, &req);
-            let mut o = self.options_for(&d, opts, deadline);
-            if let Some(kind) = forced.filter(|_| d.group == group) {
-                o.mock = Some(Mock::Error(
-                    kind,
-                    format!(
-                        "mock_testing fallback: forced {} on '{}'",
-                        kind.code(),
-                        d.group
-                    ),
-                ));
-            }
-            async move {
-                let out = pipeline::completion(r, &o).await;
-                let tokens = out
-                    .as_ref()
-                    .ok()
-                    .and_then(|c| c.response.usage.as_ref())
-                    .map(|u| u.total_tokens);
-                (out, Settle::Now(tokens))
-            }
-        })
-        .await
+        let call_ticket = self.admit_call(opts, &req.params, &group, est).await?;
+        let out = self
+            .route(&group, tags, est, timeout, false, |d, deadline, ticket| {
+                let r = Self::request_for(&d, &req);
+                let mut o = self.options_for(&d, opts, deadline);
+                if let Some(kind) = forced.filter(|_| d.group == group) {
+                    o.mock = Some(Mock::Error(
+                        kind,
+                        format!(
+                            "mock_testing fallback: forced {} on '{}'",
+                            kind.code(),
+                            d.group
+                        ),
+                    ));
+                }
+                async move {
+                    let out = pipeline::completion(r, &o).await;
+                    let tokens = out
+                        .as_ref()
+                        .ok()
+                        .and_then(|c| c.response.usage.as_ref())
+                        .map(|u| u.total_tokens);
+                    ticket.settle(tokens.unwrap_or(0));
+                    (out, Settle::Now(tokens))
+                }
+            })
+            .await;
+        let used = out
+            .as_ref()
+            .ok()
+            .and_then(|r| r.value.response.usage.as_ref())
+            .map_or(0, |u| u.total_tokens);
+        call_ticket.settle(used);
+        out
     }
 
     /// A routed stream: retried and fallen back until its first chunk.
@@ -551,54 +684,73 @@ impl Router {
         opts: &CallOptions,
         tags: &[String],
     ) -> Result<Routed<(ChatStream, CallMeta)>> {
-        let est = estimate_tokens(&req);
+        let est = limiter::reservation(&req);
+        let prompt = limiter::estimate_prompt_tokens(&req.messages);
         let group = req.model.clone();
         let timeout = self.timeout_for(opts);
         let stats = self.stats.clone();
-        self.route(&group, tags, est, timeout, true, |d, deadline| {
-            let r = Self::request_for(&d, &req);
-            let o = self.options_for(&d, opts, deadline);
-            let stats = stats.clone();
-            async move {
-                let started = Instant::now();
-                let opened = match pipeline::completion_stream(r, &o).await {
-                    Ok(v) => v,
-                    Err(e) => return (Err(e), Settle::Now(None)),
-                };
-                let (mut s, meta) = opened;
-                if let Err(e) = s.prefetch_first().await {
-                    return (Err(e), Settle::Now(None));
-                }
-                // The attempt stays in flight until the stream ends, and settles then.
-                let id = d.id.clone();
-                // Captured now: the stream may end (be dropped) on a thread outside the runtime.
-                let rt = tokio::runtime::Handle::try_current().ok();
-                s.on_finish(move |summary| {
-                    let outcome = Outcome {
-                        latency: started.elapsed(),
-                        ttft: summary
-                            .first_chunk_at
-                            .map(|t| t.saturating_duration_since(started)),
-                        tokens: summary.usage.as_ref().map_or(0, |u: &Usage| u.total_tokens),
-                        error: summary.error,
+        let call_ticket = self.admit_call(opts, &req.params, &group, est).await?;
+        let out = self
+            .route(&group, tags, est, timeout, true, |d, deadline, ticket| {
+                let r = Self::request_for(&d, &req);
+                let o = self.options_for(&d, opts, deadline);
+                let stats = stats.clone();
+                async move {
+                    let started = Instant::now();
+                    let opened = match pipeline::completion_stream(r, &o).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            ticket.settle(0);
+                            return (Err(e), Settle::Now(None));
+                        }
                     };
-                    match &rt {
-                        Some(rt) => {
-                            rt.spawn(async move {
-                                let _ = stats.end(&id, &outcome).await;
-                            });
-                        }
-                        // No runtime to run on: settle in place (the in-process stats need
-                        // no I/O; a Redis lease expires by itself).
-                        None => {
-                            let _ = futures_util::FutureExt::now_or_never(stats.end(&id, &outcome));
-                        }
+                    let (mut s, meta) = opened;
+                    if let Err(e) = s.prefetch_first().await {
+                        ticket.settle(0);
+                        return (Err(e), Settle::Now(None));
                     }
-                });
-                (Ok((s, meta)), Settle::Later)
+                    pipeline::settle_when_done(&mut s, ticket, prompt);
+                    // The attempt stays in flight until the stream ends, and settles then.
+                    let id = d.id.clone();
+                    // Captured now: the stream may end (be dropped) on a thread outside the runtime.
+                    let rt = tokio::runtime::Handle::try_current().ok();
+                    s.on_finish(move |summary| {
+                        let outcome = Outcome {
+                            latency: started.elapsed(),
+                            ttft: summary
+                                .first_chunk_at
+                                .map(|t| t.saturating_duration_since(started)),
+                            tokens: summary.usage.as_ref().map_or(0, |u: &Usage| u.total_tokens),
+                            error: summary.error,
+                        };
+                        match &rt {
+                            Some(rt) => {
+                                rt.spawn(async move {
+                                    let _ = stats.end(&id, &outcome).await;
+                                });
+                            }
+                            // No runtime to run on: settle in place (the in-process stats need
+                            // no I/O; a Redis lease expires by itself).
+                            None => {
+                                let _ =
+                                    futures_util::FutureExt::now_or_never(stats.end(&id, &outcome));
+                            }
+                        }
+                    });
+                    (Ok((s, meta)), Settle::Later)
+                }
+            })
+            .await;
+        match out {
+            Ok(mut routed) => {
+                pipeline::settle_when_done(&mut routed.value.0, call_ticket, prompt);
+                Ok(routed)
             }
-        })
-        .await
+            Err(e) => {
+                call_ticket.settle(0);
+                Err(e)
+            }
+        }
     }
 
     pub async fn embedding(
@@ -609,21 +761,32 @@ impl Router {
     ) -> Result<Routed<Completed<EmbeddingResponse>>> {
         let group = req.model.clone();
         let timeout = self.timeout_for(opts);
-        self.route(&group, tags, 0, timeout, false, |d, deadline| {
-            let mut r = req.clone();
-            r.model = d.model.clone();
-            let o = self.options_for(&d, opts, deadline);
-            async move {
-                let out = pipeline::embedding(r, &o).await;
-                let tokens = out
-                    .as_ref()
-                    .ok()
-                    .and_then(|c| c.response.usage.as_ref())
-                    .map(|u| u.total_tokens);
-                (out, Settle::Now(tokens))
-            }
-        })
-        .await
+        let est = limiter::embedding_reservation(&req.input);
+        let call_ticket = self.admit_call(opts, &req.params, &group, est).await?;
+        let out = self
+            .route(&group, tags, est, timeout, false, |d, deadline, ticket| {
+                let mut r = req.clone();
+                r.model = d.model.clone();
+                let o = self.options_for(&d, opts, deadline);
+                async move {
+                    let out = pipeline::embedding(r, &o).await;
+                    let tokens = out
+                        .as_ref()
+                        .ok()
+                        .and_then(|c| c.response.usage.as_ref())
+                        .map(|u| u.total_tokens);
+                    ticket.settle(tokens.unwrap_or(0));
+                    (out, Settle::Now(tokens))
+                }
+            })
+            .await;
+        let used = out
+            .as_ref()
+            .ok()
+            .and_then(|r| r.value.response.usage.as_ref())
+            .map_or(0, |u| u.total_tokens);
+        call_ticket.settle(used);
+        out
     }
 
     fn timeout_for(&self, opts: &CallOptions) -> Duration {
@@ -634,6 +797,14 @@ impl Router {
             self.settings.timeout
         }
     }
+}
+
+/// Time left in the current wall-clock minute.
+fn until_next_minute() -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_millis(60_000 - (now.as_millis() % 60_000) as u64)
 }
 
 /// Removes LiteLLM's fallback-testing switches from `params`; the kind of failure to force.
@@ -692,23 +863,4 @@ fn merge_endpoint(d: &Endpoint, call: &Endpoint) -> Endpoint {
             .clone()
             .or_else(|| d.aws_region_name.clone()),
     }
-}
-
-/// A cheap token estimate for TPM checks: about 4 characters a token over the message text,
-/// plus the output cap (or 256 when none is given).
-pub fn estimate_tokens(req: &ChatRequest) -> u64 {
-    let chars: usize = req
-        .messages
-        .iter()
-        .map(|m| match m.get("content") {
-            Some(Value::String(s)) => s.len(),
-            Some(Value::Array(parts)) => parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .map(str::len)
-                .sum(),
-            _ => 0,
-        })
-        .sum();
-    (chars as u64).div_ceil(4) + req.output_cap().unwrap_or(256)
 }

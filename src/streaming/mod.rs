@@ -80,6 +80,8 @@ pub struct ChatStream {
     finished: bool,
     saw_finish_reason: bool,
     chunks: u64,
+    /// Characters of content and tool-call arguments streamed so far.
+    streamed_chars: u64,
     first_chunk_at: Option<Instant>,
     usage: Option<Usage>,
     provider: &'static str,
@@ -96,6 +98,9 @@ pub struct ChatStream {
 #[derive(Debug, Clone)]
 pub struct StreamSummary {
     pub chunks: u64,
+    /// Characters of content and tool-call arguments streamed (an estimate of the output when
+    /// the stream ended without usage).
+    pub streamed_chars: u64,
     pub first_chunk_at: Option<Instant>,
     pub usage: Option<Usage>,
     /// The error that ended it, if any; `None` also when the caller dropped it early.
@@ -146,6 +151,7 @@ impl ChatStream {
             finished: false,
             saw_finish_reason: false,
             chunks: 0,
+            streamed_chars: 0,
             first_chunk_at: None,
             usage: None,
             provider,
@@ -167,6 +173,7 @@ impl ChatStream {
             finished: false,
             saw_finish_reason: false,
             chunks: 0,
+            streamed_chars: 0,
             first_chunk_at: None,
             usage: None,
             provider,
@@ -189,6 +196,7 @@ impl ChatStream {
         }
         let summary = StreamSummary {
             chunks: self.chunks,
+            streamed_chars: self.streamed_chars,
             first_chunk_at: self.first_chunk_at,
             usage: self.usage.clone(),
             error,
@@ -345,6 +353,17 @@ impl ChatStream {
                 self.first_chunk_at = Some(Instant::now());
             }
             self.chunks += 1;
+            for c in &chunk.choices {
+                let d = &c.delta;
+                self.streamed_chars += d.content.as_deref().map_or(0, str::len) as u64;
+                for call in d.tool_calls.iter().flatten() {
+                    self.streamed_chars += call
+                        .function
+                        .as_ref()
+                        .and_then(|f| f.arguments.as_deref())
+                        .map_or(0, str::len) as u64;
+                }
+            }
             if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
                 self.saw_finish_reason = true;
             }

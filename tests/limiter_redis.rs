@@ -1,0 +1,382 @@
+//! The Redis limiter against real `redis-server` processes: exact admission under a burst,
+//! all-or-nothing across scopes, TPM reserve/settle (once), `SCRIPT FLUSH`, an outage under
+//! each failure policy, Redis Cluster and a Sentinel failover. The harness is in
+//! `tests/common`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis_harness::{raw_command, RedisCluster, RedisServer, SentinelGroup};
+
+use _llmux::limiter::Rate;
+use _llmux::limiter::{
+    admit, Demand, FailPolicy, Placement, RateLimiter, RedisLimiter, RedisLimiterOptions,
+    ScopeLimits,
+};
+use _llmux::redis::{RedisConfig, RedisTarget};
+use _llmux::ErrorKind;
+
+fn opts(policy: FailPolicy) -> RedisLimiterOptions {
+    RedisLimiterOptions {
+        policy,
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_window: Duration::from_secs(2),
+        ..Default::default()
+    }
+}
+
+async fn limiter(target: RedisTarget, policy: FailPolicy) -> Arc<dyn RateLimiter> {
+    RedisLimiter::start(RedisConfig::new(target), opts(policy)).await
+}
+
+fn url(server: &RedisServer) -> RedisTarget {
+    RedisTarget::Url(server.url())
+}
+
+fn rpm(scope: &str, limit: u64) -> ScopeLimits {
+    ScopeLimits {
+        rpm: Some(Rate::per_minute(limit)),
+        ..ScopeLimits::new(scope)
+    }
+}
+
+fn demand(scopes: Vec<ScopeLimits>, tokens: u64) -> Demand {
+    Demand {
+        request_id: format!("r{:016x}", rand::random::<u64>()),
+        scopes,
+        tokens,
+    }
+}
+
+/// Offers `n` admissions at once on `scopes`; how many passed.
+async fn burst(l: &Arc<dyn RateLimiter>, scopes: Vec<ScopeLimits>, n: usize) -> usize {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let l = l.clone();
+            let d = demand(scopes.clone(), 0);
+            tokio::spawn(async move { admit(&l, d).await.map(|t| t.settle(0)).is_ok() })
+        })
+        .collect();
+    let mut passed = 0;
+    for t in tasks {
+        passed += usize::from(t.await.unwrap());
+    }
+    passed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_admits_exactly_the_burst() {
+    let server = RedisServer::start(&[]);
+    let l = limiter(url(&server), FailPolicy::Closed).await;
+    // 50 per minute, burst 50 (the default): 500 at once admit 50.
+    assert_eq!(burst(&l, vec![rpm("burst-a", 50)], 500).await, 50);
+    // A burst of 5 on a limit of 600/min: 5 at once.
+    let five = ScopeLimits {
+        rpm: Some(Rate::per_minute(600).with_burst(5)),
+        ..ScopeLimits::new("burst-b")
+    };
+    assert_eq!(burst(&l, vec![five.clone()], 100).await, 5);
+    // Then one every 100 ms.
+    tokio::time::sleep(Duration::from_millis(230)).await;
+    assert_eq!(burst(&l, vec![five], 100).await, 2);
+    // The refusal says how long to wait.
+    let e = admit(&l, demand(vec![rpm("burst-a", 50)], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RateLimited);
+    let wait = e.retry_after.unwrap();
+    assert!(
+        wait > Duration::from_millis(500) && wait <= Duration::from_millis(1200),
+        "{wait:?}"
+    );
+    assert_eq!(l.stats().redis_errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_limits_of_a_request_or_none() {
+    let server = RedisServer::start(&[]);
+    let l = limiter(url(&server), FailPolicy::Closed).await;
+    let wide = rpm("aon-wide", 10);
+    let narrow = rpm("aon-narrow", 2);
+    assert_eq!(burst(&l, vec![wide.clone(), narrow], 10).await, 2);
+    // The wide scope was charged only for the two that passed.
+    assert_eq!(burst(&l, vec![wide], 20).await, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpm_refunds_readmit_and_usage_stays_within_the_limit() {
+    let server = RedisServer::start(&[]);
+    let l = limiter(url(&server), FailPolicy::Closed).await;
+    let tpm = 10_000u64;
+    let scope = ScopeLimits {
+        tpm: Some(Rate::per_minute(tpm)),
+        ..ScopeLimits::new("tpm")
+    };
+    let used = Arc::new(AtomicU64::new(0));
+    let admitted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let run = Duration::from_secs(3);
+    // 50 concurrent callers, each reserving 1000 tokens and using 100.
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (l, scope, used, admitted) =
+                (l.clone(), scope.clone(), used.clone(), admitted.clone());
+            tokio::spawn(async move {
+                while started.elapsed() < run {
+                    match admit(&l, demand(vec![scope.clone()], 1000)).await {
+                        Ok(t) => {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            t.settle_now(100).await.unwrap();
+                            used.fetch_add(100, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            assert_eq!(e.kind, ErrorKind::RateLimited);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (admitted, used) = (
+        admitted.load(Ordering::Relaxed),
+        used.load(Ordering::Relaxed),
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = tpm as f64 + tpm as f64 * elapsed / 60.0;
+    println!(
+        "tpm: {admitted} admitted, {used} tokens used in {elapsed:.1} s, allowed {allowed:.0}"
+    );
+    // Without refunds only 10 reservations of 1000 would fit; with them about 100.
+    assert!(admitted > 60, "refunds did not re-admit: {admitted}");
+    // Usage within the limit plus one request's reservation.
+    assert!((used as f64) <= allowed + 1000.0, "{used} > {allowed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_counts_once_even_when_repeated() {
+    let server = RedisServer::start(&[]);
+    let l = limiter(url(&server), FailPolicy::Closed).await;
+    let scope = ScopeLimits {
+        tpm: Some(Rate::per_minute(1000)),
+        max_parallel: Some(5),
+        ..ScopeLimits::new("once")
+    };
+    let d = demand(vec![scope.clone()], 100);
+    let Ok(admitted) = l.admit(&d).await.unwrap() else {
+        panic!("refused")
+    };
+    // Used 400 of the 100 reserved: a debt of 300. Settled three times (a retried settle).
+    for _ in 0..3 {
+        l.settle(&d.request_id, &admitted, 400, false)
+            .await
+            .unwrap();
+    }
+    // 400 used, 600 left: 600 fit once, not twice.
+    let t = admit(&l, demand(vec![scope.clone()], 590)).await.unwrap();
+    assert!(admit(&l, demand(vec![scope.clone()], 100)).await.is_err());
+    t.settle_now(590).await.unwrap();
+    // The parallel lease was released by the settle.
+    let leases = raw_command(server.port, "ZCARD llmux:rl:{once}:par").unwrap();
+    assert_eq!(leases.trim(), ":0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_under_load_fails_nothing() {
+    let server = RedisServer::start(&[]);
+    let l = limiter(url(&server), FailPolicy::Closed).await;
+    let scope = rpm("flush", 1_000_000);
+    let port = server.port;
+    let flusher = tokio::task::spawn_blocking(move || {
+        for _ in 0..20 {
+            assert!(raw_command(port, "SCRIPT FLUSH")
+                .unwrap()
+                .starts_with("+OK"));
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    });
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (l, scope) = (l.clone(), scope.clone());
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    let t = admit(&l, demand(vec![scope.clone()], 0)).await.unwrap();
+                    t.settle_now(0).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    flusher.await.unwrap();
+    let s = l.stats();
+    assert_eq!((s.redis_errors, s.fallback_admitted), (0, 0), "{s:?}");
+    assert_eq!(s.admitted, 800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_count_live_processes() {
+    let server = RedisServer::start(&[]);
+    let a = limiter(url(&server), FailPolicy::Local).await;
+    let b = limiter(url(&server), FailPolicy::Local).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.stats().live_processes, 2);
+    assert_eq!(b.stats().live_processes, 2);
+    drop(b);
+    // b stops beating: after the window it no longer counts.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert_eq!(a.stats().live_processes, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_follows_each_policy_and_recovers_by_itself() {
+    let mut server = RedisServer::start(&[]);
+    let open = limiter(url(&server), FailPolicy::Open).await;
+    let closed = limiter(url(&server), FailPolicy::Closed).await;
+    let local = limiter(url(&server), FailPolicy::Local).await;
+    // Two more processes beat on this Redis: `local` enforces a third of each limit.
+    let _peer_a = limiter(url(&server), FailPolicy::Local).await;
+    let _peer_b = limiter(url(&server), FailPolicy::Local).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(local.stats().live_processes, 5);
+    let scope = |name: &str| rpm(name, 300);
+
+    server.kill();
+    let outage = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let (mut open_ok, mut closed_ok, mut local_ok) = (0, 0, 0);
+    let mut closed_wait = None;
+    while outage.elapsed() < Duration::from_secs(10) {
+        for (l, n, ok) in [
+            (&open, "o", &mut open_ok),
+            (&closed, "c", &mut closed_ok),
+            (&local, "l", &mut local_ok),
+        ] {
+            let t0 = Instant::now();
+            let out = admit(l, demand(vec![scope(n)], 0)).await;
+            slowest = slowest.max(t0.elapsed());
+            match out {
+                Ok(t) => {
+                    *ok += 1;
+                    t.settle(0);
+                }
+                Err(e) => {
+                    assert_eq!(e.kind, ErrorKind::RateLimited, "{e}");
+                    if n == "c" {
+                        closed_wait = e.retry_after;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "outage: open {open_ok}, closed {closed_ok}, local {local_ok} admitted; slowest call {slowest:?}"
+    );
+    // Nothing waits past the command deadline (250 ms) plus scheduling.
+    assert!(slowest < Duration::from_millis(600), "{slowest:?}");
+    assert!(open_ok > 500, "open admits everything: {open_ok}");
+    assert!(
+        closed_ok <= 3,
+        "closed refuses (a call or two may pass before the outage is seen): {closed_ok}"
+    );
+    assert!(closed_wait.is_some_and(|w| w > Duration::ZERO));
+    // local: 300/min shared by 5 live processes = 60/min here: a burst of 60 plus 1 a second.
+    assert!(
+        (60..=75).contains(&local_ok),
+        "local share: {local_ok} admitted in 10 s"
+    );
+    for l in [&open, &closed, &local] {
+        let s = l.stats();
+        assert!(s.breaker_open && s.breaker_trips >= 1, "{s:?}");
+        assert!(s.redis_errors < 40, "the breaker spares Redis calls: {s:?}");
+    }
+
+    server.restart();
+    let back = Instant::now();
+    for l in [&open, &closed, &local] {
+        loop {
+            let before = l.stats().admitted;
+            let r = admit(l, demand(vec![rpm("after", 1_000_000)], 0)).await;
+            if r.is_ok() && l.stats().admitted > before && !l.stats().breaker_open {
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(8),
+                "no recovery: {:?}",
+                l.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!("recovered {:?} after Redis came back", back.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_holds_the_limits_across_slots() {
+    let cluster = RedisCluster::start();
+    let l = limiter(RedisTarget::Cluster(cluster.urls()), FailPolicy::Closed).await;
+    assert_eq!(burst(&l, vec![rpm("c-one", 40)], 200).await, 40);
+    // Scopes in different slots, all or nothing: the narrow one's refusals are undone on the
+    // wide one.
+    let (wide, narrow) = (rpm("c-wide", 20), rpm("c-narrow", 5));
+    assert_eq!(burst(&l, vec![wide.clone(), narrow], 30).await, 5);
+    assert_eq!(burst(&l, vec![wide], 40).await, 15);
+    for n in &cluster.nodes {
+        assert!(raw_command(n.port, "SCRIPT FLUSH")
+            .unwrap()
+            .starts_with("+OK"));
+    }
+    assert_eq!(burst(&l, vec![rpm("c-two", 10)], 30).await, 10);
+    assert_eq!(l.stats().redis_errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_under_load_keeps_limiting() {
+    let group = SentinelGroup::start();
+    let target = RedisTarget::Sentinel {
+        master_name: SentinelGroup::MASTER_NAME.into(),
+        nodes: vec![group.sentinel_url()],
+    };
+    let l = limiter(target, FailPolicy::Local).await;
+    assert_eq!(burst(&l, vec![rpm("s-one", 30)], 100).await, 30);
+
+    group.failover();
+    let started = Instant::now();
+    // Under load through the failover: calls never fail (policy local) and Redis decides
+    // again within seconds, on the new master.
+    let scope = rpm("s-after", 1_000_000);
+    loop {
+        let t = admit(&l, demand(vec![scope.clone()], 0)).await.unwrap();
+        let decided_by_redis = t.placement() == Some(Placement::Primary);
+        t.settle(0);
+        // The old master, demoted, refuses writes: an admission decided by Redis now was
+        // decided on the new master.
+        let demoted = raw_command(group.master.port, "ROLE").is_some_and(|r| r.contains("slave"));
+        if demoted && decided_by_redis {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the limiter did not follow the failover: {:?}",
+            l.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "limiting on the new master {:?} after the failover",
+        started.elapsed()
+    );
+    assert_eq!(burst(&l, vec![rpm("s-two", 25)], 100).await, 25);
+    let keys = raw_command(group.replica.port, "EXISTS llmux:rl:{s-two}:rpm").unwrap();
+    assert_eq!(keys.trim(), ":1", "the new master holds the limit's state");
+}
