@@ -486,7 +486,11 @@ mod tests {
         assert!(ctx.extensions.remove::<A>());
         assert!(!ctx.extensions.remove::<A>());
         assert_eq!(ctx.extensions.get::<A>(), None);
-        assert_eq!(copy.extensions.get::<A>(), Some(&A(2)), "clones keep their values");
+        assert_eq!(
+            copy.extensions.get::<A>(),
+            Some(&A(2)),
+            "clones keep their values"
+        );
     }
 
     #[tokio::test]
