@@ -7,12 +7,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use _llmux::cache::{
-    cache_key, CacheBackend, CacheHook, CacheMode, CacheSettings, MemoryCache, RedisCache,
-    DEFAULT_PREFIX, RETRY_AFTER_FAILURE,
+    cache_key, CacheBackend, MemoryCache, RedisCache, DEFAULT_PREFIX, RETRY_AFTER_FAILURE,
 };
 use _llmux::redis::{RedisConfig, RedisTarget};
 use _llmux::types::ChatRequest;
@@ -275,7 +273,9 @@ mod pipeline {
     use super::*;
 
     use std::sync::atomic::Ordering;
+    use std::sync::Arc;
 
+    use _llmux::cache::{CacheHook, CacheMode, CacheSettings};
     use _llmux::hooks::{Hook, Pipeline};
     use _llmux::pipeline::{completion, completion_stream, CallOptions};
     use _llmux::providers::{Endpoint, Secret};

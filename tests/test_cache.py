@@ -215,12 +215,15 @@ def test_callbacks_see_the_hit(fake, key):
     llmux.success_callback = [lambda kw, resp, start, end: got.append(kw)]
     ask(fake, key)
     ask(fake, key)
+    assert streamed(ask(fake, key, stream=True))[0] == REPLY
     assert llmux.flush_callbacks(5)
-    miss, hit = got
+    miss, hit, stream_hit = got
     assert miss["cache_hit"] is False and miss["standard_logging_object"]["cache_hit"] is False
-    assert hit["cache_hit"] is True and hit["standard_logging_object"]["cache_hit"] is True
-    assert hit["response_cost"] == 0.0 and hit["standard_logging_object"]["response_cost"] == 0.0
+    for kw in (hit, stream_hit):
+        assert kw["cache_hit"] is True and kw["standard_logging_object"]["cache_hit"] is True
+        assert kw["response_cost"] == 0.0 and kw["standard_logging_object"]["response_cost"] == 0.0
     assert "cache" not in hit["optional_params"]
+    assert calls(fake, key) == 1
 
 
 def test_controls_are_never_sent_upstream(fake, key):
