@@ -14,7 +14,10 @@
 //! - [`http`]: the process-wide HTTP client.
 //! - [`retry`]: backoff arithmetic and retry hints.
 //! - [`pipeline`]: `completion`, `completion_stream`, `embedding`: the request pipeline.
+//! - [`hooks`]: the hook pipeline around every call, and the built-in hooks.
+//! - [`cache`]: the response cache (in process or on Redis), a hook on that pipeline.
 
+pub mod cache;
 pub mod error;
 pub mod hooks;
 pub mod http;

@@ -5,7 +5,11 @@
 //! never sooner than the upstream's hint, never past the call's deadline).
 //!
 //! Later stages (hooks, admission, cache, router) wrap these functions; the Python bindings and
-//! the HTTP server call them and hold no logic of their own.
+//! the HTTP server call them and hold no logic of their own. The response cache is a hook
+//! ([`crate::cache::CacheHook`]): its hits come back from the `pre` hooks as
+//! [`Pre::CacheHit`], answered without the upstream, marked in [`CallMeta::cache_hit`] and
+//! costed at zero. Its controls (`cache`, `caching`) are stripped from every request before the
+//! provider request is built, whether a cache is configured or not.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use crate::cache;
 use crate::error::{Error, ErrorKind, Result};
 use crate::hooks::{self, HookContext, Pre};
 use crate::http::{client, transport_error};
@@ -107,8 +112,10 @@ pub struct CallMeta {
     pub attempts: u32,
     pub started: Instant,
     /// USD, from the price table; `None` when the model has no price (or, for streams,
-    /// until the usage is known).
+    /// until the usage is known). Zero for a cache hit.
     pub cost: Option<f64>,
+    /// The answer came from the response cache.
+    pub cache_hit: bool,
 }
 
 /// Prices a call: by the route's model name, else the model the upstream reports.
@@ -134,6 +141,7 @@ impl CallMeta {
             attempts: 1,
             started,
             cost: None,
+            cache_hit: false,
         }
     }
 
@@ -150,7 +158,20 @@ impl CallMeta {
             attempts: 1,
             started,
             cost: None,
+            cache_hit: false,
         }
+    }
+
+    /// A call answered from the response cache: the provider the request would have gone to
+    /// (when it resolves), at no cost.
+    fn cache_hit(req: &ChatRequest, opts: &CallOptions, started: Instant) -> Self {
+        let mut meta = match resolve(&req.model, &opts.endpoint) {
+            Ok(route) => CallMeta::new(&route, started),
+            Err(_) => CallMeta::answered_by("cache", started),
+        };
+        meta.cost = Some(0.0);
+        meta.cache_hit = true;
+        meta
     }
 }
 
@@ -377,6 +398,8 @@ fn prepare_chat(
     opts: &CallOptions,
 ) -> Result<PreparedRequest> {
     validate(req)?;
+    // Cache controls are for the cache (a hook), never for the upstream.
+    cache::strip_controls(&mut req.params);
     check_params(route, req, opts.drop_params)?;
     route
         .dialect
@@ -404,15 +427,26 @@ pub fn request_id() -> String {
     format!("req-{:016x}", rand::random::<u64>())
 }
 
-/// The hooks' view of a call: its id, model, and caller (the OpenAI `user`).
-fn hook_context(req: &ChatRequest, stream: bool) -> HookContext {
+/// The hooks' view of a call: its id, model, caller (the OpenAI `user`), and whether a mock
+/// answers it.
+fn hook_context(req: &ChatRequest, stream: bool, opts: &CallOptions) -> HookContext {
     let mut ctx = HookContext::new(request_id(), req.model.clone(), stream);
     ctx.caller = req
         .params
         .get("user")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    ctx.mock = opts.mock.is_some();
     ctx
+}
+
+/// Whether the caller asked for the usage chunk (`stream_options.include_usage`).
+fn wants_usage_chunk(req: &ChatRequest) -> bool {
+    req.params
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// The pipeline's hooks, when any are configured.
@@ -426,19 +460,23 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
         return admitted_unary(req, opts).await;
     };
     let started = Instant::now();
-    let mut ctx = hook_context(&req, false);
+    let mut ctx = hook_context(&req, false, opts);
     let mut req = req;
-    match pipeline.pre(&ctx, &mut req).await? {
-        Pre::Continue => {}
+    let (response, meta) = match pipeline.pre(&mut ctx, &mut req).await? {
+        Pre::Continue => (None, None),
         Pre::Reject(e) => return Err(e.with_context("openai", &req.model)),
-        Pre::Respond(response) => {
-            let meta = CallMeta::answered_by("hook", started);
-            return Ok(Completed {
-                response: *response,
-                meta,
-                elapsed: started.elapsed(),
-            });
-        }
+        Pre::Respond(response) => (Some(response), Some(CallMeta::answered_by("hook", started))),
+        Pre::CacheHit(response) => (
+            Some(response),
+            Some(CallMeta::cache_hit(&req, opts, started)),
+        ),
+    };
+    if let (Some(response), Some(meta)) = (response, meta) {
+        return Ok(Completed {
+            response: *response,
+            meta,
+            elapsed: started.elapsed(),
+        });
     }
     let (mut outcome, meta) = match admitted_unary(req, opts).await {
         Ok(done) => {
@@ -635,17 +673,24 @@ pub async fn completion_stream(
         return admitted_stream(req, opts).await;
     };
     let started = Instant::now();
-    let ctx = hook_context(&req, true);
+    let mut ctx = hook_context(&req, true, opts);
     let mut req = req;
-    match pipeline.pre(&ctx, &mut req).await? {
-        Pre::Continue => {}
+    let (response, meta) = match pipeline.pre(&mut ctx, &mut req).await? {
+        Pre::Continue => (None, None),
         Pre::Reject(e) => return Err(e.with_context("openai", &req.model)),
-        Pre::Respond(response) => {
-            let chunks = crate::streaming::completion_to_chunks(&response);
-            let mut s = ChatStream::from_chunks(chunks, "hook", req.model.clone());
-            s.set_hooks(pipeline.clone(), ctx);
-            return Ok((s, CallMeta::answered_by("hook", started)));
-        }
+        Pre::Respond(response) => (Some(response), Some(CallMeta::answered_by("hook", started))),
+        Pre::CacheHit(response) => (
+            Some(response),
+            Some(CallMeta::cache_hit(&req, opts, started)),
+        ),
+    };
+    if let (Some(response), Some(meta)) = (response, meta) {
+        // Replayed as the chunks a stream of it would have carried, through the stream hooks.
+        let chunks = crate::streaming::completion_to_chunks(&response);
+        let mut s = ChatStream::from_chunks(chunks, meta.provider, req.model.clone());
+        s.show_usage_chunk(wants_usage_chunk(&req));
+        s.set_hooks(pipeline.clone(), ctx);
+        return Ok((s, meta));
     }
     let (mut s, meta) = admitted_stream(req, opts).await?;
     settle_stream_with_post_hooks(&mut s, pipeline, &ctx, meta.provider, &meta.upstream_model);
@@ -653,9 +698,12 @@ pub async fn completion_stream(
     Ok((s, meta))
 }
 
-/// When a stream that completed ends, runs the `post` hooks over what it amounted to (its
-/// usage, priced), so that hooks that account for calls (the budget, the request log) see
-/// streamed calls too. Runs in the background; a failure there is logged.
+/// When a stream completes, runs the `post` hooks over what it amounted to, so that hooks that
+/// account for calls (the budget, the request log) and the cache see streamed calls too. The
+/// answer is its usage (priced) and no choices, unless some hook needs the whole answer
+/// ([`hooks::Pipeline::needs_streamed_response`]): then the stream assembles it from its chunks
+/// as they pass. The hooks run before the caller is told that the stream ended; a failure there
+/// is logged.
 fn settle_stream_with_post_hooks(
     s: &mut ChatStream,
     pipeline: &Arc<hooks::Pipeline>,
@@ -663,35 +711,33 @@ fn settle_stream_with_post_hooks(
     provider: &'static str,
     upstream_model: &str,
 ) {
+    if pipeline.needs_streamed_response(ctx) {
+        s.assemble_response();
+    }
     let pipeline = pipeline.clone();
     let mut ctx = ctx.clone();
     let model = upstream_model.to_owned();
-    // Captured now: the stream may end (be dropped) on a thread outside the runtime.
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    s.on_finish(move |summary| {
-        if !summary.completed {
-            return;
-        }
+    s.on_complete(move |summary| {
         ctx.cost = price(provider, [&model, ""], summary.usage.as_ref());
-        let mut response = ChatCompletion {
-            id: ctx.request_id.clone(),
-            object: "chat.completion".into(),
-            created: unix_now(),
-            model,
-            choices: Vec::new(),
-            usage: summary.usage,
-            system_fingerprint: None,
-            extra: Map::new(),
+        let response = match summary.response {
+            Some(r) => Arc::try_unwrap(r).unwrap_or_else(|shared| (*shared).clone()),
+            None => ChatCompletion {
+                id: ctx.request_id.clone(),
+                object: "chat.completion".into(),
+                created: unix_now(),
+                model,
+                choices: Vec::new(),
+                usage: summary.usage,
+                system_fingerprint: None,
+                extra: Map::new(),
+            },
         };
-        response.extra.insert("stream".into(), Value::Bool(true));
-        rt.spawn(async move {
+        Box::pin(async move {
             let mut outcome = Ok(response);
             if let Err(e) = pipeline.post(&ctx, &mut outcome).await {
                 tracing::warn!(error = %e, "post hooks failed after a stream");
             }
-        });
+        })
     });
 }
 
@@ -722,12 +768,7 @@ async fn open_stream(req: ChatRequest, opts: &CallOptions) -> Result<(ChatStream
     }
     let prepared = prepare_chat(&route, &mut req, true, opts)
         .map_err(|e| e.with_context(route.provider, &route.model))?;
-    let show_usage = req
-        .params
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let show_usage = wants_usage_chunk(&req);
     let result = with_retries(opts, started, || send(&route, &prepared, None)).await;
     match result {
         Ok((resp, attempts)) => {
@@ -774,6 +815,8 @@ async fn embedding_call(
     opts: &CallOptions,
 ) -> Result<Completed<EmbeddingResponse>> {
     let started = Instant::now();
+    let mut req = req;
+    cache::strip_controls(&mut req.params);
     let route =
         resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
     let prepared = route

@@ -31,7 +31,7 @@ impl Hook for Answer {
     }
     fn pre<'a>(
         &'a self,
-        _ctx: &'a HookContext,
+        _ctx: &'a mut HookContext,
         req: &'a mut ChatRequest,
     ) -> BoxFuture<'a, Result<Pre>> {
         Box::pin(async move {

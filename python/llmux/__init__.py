@@ -7,6 +7,7 @@ and one connection pool per process); sync calls release the GIL while they wait
 
 Module settings mirror LiteLLM's: ``api_key``, ``api_base``, ``num_retries``,
 ``request_timeout``, ``drop_params``. A value given to a call wins over the module setting.
+``llmux.cache = llmux.Cache(...)`` (or ``enable_cache()``) turns on the response cache.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ._cost import (
 )
 from ._stream_wrapper import CustomStreamWrapper, LoggedStreamWrapper
 from ._streaming import stream_chunk_builder
+from .caching import Cache
 from .exceptions import (
     LITELLM_EXCEPTION_TYPES,
     APIConnectionError,
@@ -90,6 +92,10 @@ _budget_applied: Optional[float] = None
 # entry shares it between processes. See ``set_rate_limit``.
 rate_limit: Optional[Dict[str, Any]] = None
 _rate_limit_applied: Any = None
+# LiteLLM's response cache: ``llmux.cache = llmux.Cache(...)``; None turns it off. Handed to the
+# engine when the next call starts (assign a new Cache to change the configuration).
+cache: Optional[Cache] = None
+_cache_applied: Optional[Cache] = None
 
 # Callbacks (LiteLLM's names): CustomLogger instances in ``callbacks``; plain functions
 # ``fn(kwargs, completion_response, start_time, end_time)`` in ``success_callback`` /
@@ -102,11 +108,15 @@ failure_callback: list = []
 input_callback: list = []
 
 
-def _apply_settings(kwargs: dict) -> dict:
+def _apply_settings(kwargs: dict, call_type: Optional[str] = None) -> dict:
     if max_budget != _budget_applied:
         _sync_max_budget()
     if rate_limit != _rate_limit_applied:
         set_rate_limit(rate_limit)
+    if cache is not _cache_applied:
+        _sync_cache()
+    if call_type is not None and cache is not None and call_type not in cache.supported_call_types:
+        kwargs["caching"] = False
     if api_key is not None and "api_key" not in kwargs:
         kwargs["api_key"] = api_key
     if api_base is not None and "api_base" not in kwargs and "base_url" not in kwargs:
@@ -124,6 +134,69 @@ def _sync_max_budget() -> None:
     global _budget_applied
     _llmux.set_budget(max_budget)
     _budget_applied = max_budget
+
+
+def _sync_cache() -> None:
+    global _cache_applied
+    current = cache
+    if current is None:
+        _llmux.set_cache(None)
+    elif isinstance(current, Cache):
+        current._apply()
+    else:
+        raise TypeError(f"llmux.cache must be an llmux.Cache or None, got {type(current).__name__}")
+    _cache_applied = current
+
+
+def enable_cache(
+    type: Any = "local",  # noqa: A002 - LiteLLM's name
+    host: Optional[str] = None,
+    port: Any = None,
+    password: Optional[str] = None,
+    supported_call_types: Optional[list] = None,
+    **kwargs: Any,
+) -> None:
+    """LiteLLM's ``enable_cache``: sets ``llmux.cache = Cache(...)`` unless a cache is already
+    set (``update_cache`` replaces it)."""
+    global cache
+    if cache is None:
+        cache = Cache(
+            type=type,
+            host=host,
+            port=port,
+            password=password,
+            supported_call_types=supported_call_types,
+            **kwargs,
+        )
+    _sync_cache()
+
+
+def update_cache(
+    type: Any = "local",  # noqa: A002 - LiteLLM's name
+    host: Optional[str] = None,
+    port: Any = None,
+    password: Optional[str] = None,
+    supported_call_types: Optional[list] = None,
+    **kwargs: Any,
+) -> None:
+    """LiteLLM's ``update_cache``: replaces ``llmux.cache`` with a new ``Cache(...)``."""
+    global cache
+    cache = Cache(
+        type=type,
+        host=host,
+        port=port,
+        password=password,
+        supported_call_types=supported_call_types,
+        **kwargs,
+    )
+    _sync_cache()
+
+
+def disable_cache() -> None:
+    """LiteLLM's ``disable_cache``: ``llmux.cache = None``."""
+    global cache
+    cache = None
+    _sync_cache()
 
 
 def set_budget(
@@ -194,7 +267,7 @@ def _mock_object(model: str, mock: Any, stream: bool) -> Any:
 
 def _completion(model: str, messages: Any, kwargs: dict) -> Union[ModelResponse, CustomStreamWrapper]:
     stream = kwargs.pop("stream", False)
-    _apply_settings(kwargs)
+    _apply_settings(kwargs, "completion")
     mock = kwargs.get("mock_response")
     if mock is not None and not isinstance(mock, str):
         return _mock_object(model, mock, bool(stream))
@@ -207,7 +280,7 @@ def _completion(model: str, messages: Any, kwargs: dict) -> Union[ModelResponse,
 
 async def _acompletion(model: str, messages: Any, kwargs: dict) -> Union[ModelResponse, CustomStreamWrapper]:
     stream = kwargs.pop("stream", False)
-    _apply_settings(kwargs)
+    _apply_settings(kwargs, "acompletion")
     mock = kwargs.get("mock_response")
     if mock is not None and not isinstance(mock, str):
         return _mock_object(model, mock, bool(stream))
@@ -254,7 +327,9 @@ def completion(
     ``stream``, ``stream_options``, ...), passed upstream as given, plus LiteLLM's own:
     ``api_base``/``base_url``, ``api_key``, ``api_version``, ``timeout`` (seconds, for the whole
     call including retries), ``num_retries``, ``extra_headers``, ``extra_body``, ``drop_params``,
-    ``additional_drop_params``, ``mock_response``, ``metadata``, ``custom_llm_provider``.
+    ``additional_drop_params``, ``mock_response``, ``metadata``, ``custom_llm_provider``, and the
+    cache controls ``caching=True/False`` and ``cache={"no-cache", "no-store", "ttl", "s-maxage",
+    "namespace", "use-cache"}`` (see ``llmux.Cache``).
     """
     if messages is None:
         messages = kwargs.pop("messages", [])
@@ -342,6 +417,7 @@ __all__ = [
     "BadGatewayError",
     "BadRequestError",
     "BudgetExceededError",
+    "Cache",
     "ChatCompletionDeltaToolCall",
     "ChatCompletionMessageToolCall",
     "Choices",
@@ -374,6 +450,7 @@ __all__ = [
     "Usage",
     "acompletion",
     "aembedding",
+    "cache",
     "callbacks",
     "failure_callback",
     "flush_callbacks",
@@ -383,7 +460,9 @@ __all__ = [
     "completion_cost",
     "cost_per_token",
     "current_spend",
+    "disable_cache",
     "embedding",
+    "enable_cache",
     "get_max_tokens",
     "get_model_info",
     "register_model",
@@ -394,4 +473,5 @@ __all__ = [
     "supports_function_calling",
     "supports_vision",
     "token_counter",
+    "update_cache",
 ]

@@ -65,6 +65,8 @@ _OWN = frozenset(
         "aws_secret_access_key",
         "aws_session_token",
         "aws_region_name",
+        "cache",
+        "caching",
     }
 )
 
@@ -299,7 +301,7 @@ class Call:
             "completion_tokens": usage.get("completion_tokens", 0),
             "total_tokens": usage.get("total_tokens", 0),
             "response_cost": cost if cost is not None else 0.0,
-            "cache_hit": hidden.get("cache_hit"),
+            "cache_hit": bool(hidden.get("cache_hit", False)),
             "startTime": self.start.timestamp(),
             "endTime": end.timestamp(),
             "response_time": (end - self.start).total_seconds(),
@@ -333,7 +335,7 @@ class Call:
             "start_time": self.start,
             "end_time": end,
             "response_cost": cost,
-            "cache_hit": hidden.get("cache_hit"),
+            "cache_hit": bool(hidden.get("cache_hit", False)),
             "standard_logging_object": slo,
         }
         if exc is not None:

@@ -13,6 +13,7 @@ __all__ = [
     "acompletion",
     "acompletion_stream",
     "aembedding",
+    "cache_stats",
     "completion",
     "completion_stream",
     "cost_for",
@@ -25,6 +26,7 @@ __all__ = [
     "register_model",
     "serve_fake_upstream",
     "set_budget",
+    "set_cache",
     "set_request_log",
     "token_count",
     "unpriced_count",
@@ -151,3 +153,16 @@ def current_spend(user: Optional[str] = None) -> Optional[float]: ...
 def set_rate_limit(config: Optional[dict[str, Any]], redis: Optional[dict[str, Any]] = None) -> None: ...
 def rate_limit_stats() -> Optional[dict[str, Any]]: ...
 def set_request_log(path: Any) -> None: ...
+def set_cache(
+    kind: Optional[str],
+    mode: str = "default_on",
+    namespace: Optional[str] = None,
+    ttl_seconds: Optional[float] = None,
+    max_entries: int = 200,
+    redis_url: Optional[str] = None,
+    prefix: Optional[str] = None,
+) -> None:
+    """Sets (``kind`` "local" or "redis") or removes (``None``) the response cache."""
+
+def cache_stats() -> Optional[dict[str, Any]]:
+    """The response cache's counters (hits, misses, stores, errors, degraded, backend)."""

@@ -3,7 +3,9 @@
 //! `kwargs` of `completion()` are split here: LLMux's own options (`api_key`, `num_retries`,
 //! `timeout`, ...) go to `CallOptions`; LiteLLM-only keys that mean nothing upstream are
 //! consumed; everything else (with `None` values dropped) is sent upstream as OpenAI
-//! parameters, as LiteLLM does for OpenAI-compatible providers.
+//! parameters, as LiteLLM does for OpenAI-compatible providers. The cache controls (`cache`,
+//! `caching`) stay in the parameters for the cache hook, which removes them; the pipeline
+//! strips them before any provider request is built.
 
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use crate::pipeline::{CallMeta, CallOptions, Mock};
 use crate::providers::Secret;
 
 /// Keys LiteLLM accepts that are not sent upstream and that LLMux does not act on in this
-/// call path (routing, caching and logging features read them where those features live).
+/// call path (routing and logging features read them where those features live).
 const CONSUMED: &[&str] = &[
     "metadata",
     "litellm_call_id",
@@ -25,8 +27,6 @@ const CONSUMED: &[&str] = &[
     "logger_fn",
     "model_list",
     "tags",
-    "caching",
-    "cache",
     "acompletion",
     "aembedding",
     "client",
@@ -237,6 +237,9 @@ pub fn hidden<'py>(
     d.set_item("response_cost", meta.cost)?;
     d.set_item("litellm_model_name", caller_model)?;
     d.set_item("attempts", meta.attempts)?;
+    if meta.cache_hit {
+        d.set_item("cache_hit", true)?;
+    }
     Ok(d)
 }
 

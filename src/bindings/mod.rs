@@ -43,6 +43,8 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hooks::set_request_log, m)?)?;
     m.add_function(wrap_pyfunction!(limits::set_rate_limit, m)?)?;
     m.add_function(wrap_pyfunction!(limits::rate_limit_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(hooks::set_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(hooks::cache_stats, m)?)?;
     m.add_class::<stream::NativeStream>()?;
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<bridge::TaskHandle>()?;

@@ -172,7 +172,7 @@ impl Hook for BudgetHook {
 
     fn pre<'a>(
         &'a self,
-        _ctx: &'a HookContext,
+        _ctx: &'a mut HookContext,
         req: &'a mut ChatRequest,
     ) -> BoxFuture<'a, Result<Pre>> {
         Box::pin(async move {
@@ -325,7 +325,7 @@ impl Hook for RequestLog {
 
     fn pre<'a>(
         &'a self,
-        ctx: &'a HookContext,
+        ctx: &'a mut HookContext,
         req: &'a mut ChatRequest,
     ) -> BoxFuture<'a, Result<Pre>> {
         Box::pin(async move {
@@ -361,6 +361,7 @@ impl Hook for RequestLog {
                 json!(ctx.started.elapsed().as_secs_f64() * 1000.0),
             );
             line.insert("request".into(), request);
+            line.insert("stream".into(), json!(ctx.stream));
             match outcome {
                 Ok(r) => {
                     line.insert("status".into(), json!("success"));
@@ -410,10 +411,10 @@ mod tests {
     #[tokio::test]
     async fn local_budget_refuses_after_the_limit() {
         let hook = BudgetHook::local(0.001, Duration::from_secs(60), BudgetScope::Global);
-        let ctx = HookContext::new("r", "gpt-4o", false);
+        let mut ctx = HookContext::new("r", "gpt-4o", false);
         let mut req = ChatRequest::new("gpt-4o", vec![json!({"role": "user", "content": "hi"})]);
         assert!(matches!(
-            hook.pre(&ctx, &mut req).await.unwrap(),
+            hook.pre(&mut ctx, &mut req).await.unwrap(),
             Pre::Continue
         ));
         let resp: ChatCompletion = serde_json::from_value(json!({
@@ -424,7 +425,7 @@ mod tests {
         let mut outcome = Ok(resp);
         hook.post(&ctx, &mut outcome).await.unwrap();
         assert!((hook.current(None).await.unwrap() - 0.0025).abs() < 1e-12);
-        match hook.pre(&ctx, &mut req).await.unwrap() {
+        match hook.pre(&mut ctx, &mut req).await.unwrap() {
             Pre::Reject(e) => assert_eq!(e.kind, ErrorKind::BudgetExceeded),
             other => panic!("{other:?}"),
         }

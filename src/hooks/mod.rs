@@ -1,7 +1,9 @@
 //! The hook pipeline: ordered hooks that see every call.
 //!
 //! - `pre` may modify the request, reject it with a classified error, or short-circuit it with
-//!   a response (a canned or cached answer; streamed as chunks when the caller streams);
+//!   a response (a canned or cached answer; streamed as chunks when the caller streams); it may
+//!   also leave typed values in [`HookContext::extensions`] for its own `post` (the cache
+//!   carries its key this way);
 //! - `post` may modify the response or replace an error (with another error or a response);
 //! - `stream` sees each chunk and may modify or drop it.
 //!
@@ -15,6 +17,7 @@
 
 pub mod builtin;
 
+use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +46,48 @@ pub struct HookContext {
     pub stream: bool,
     /// The call's cost in USD, once the pipeline priced it (for `post` hooks).
     pub cost: Option<f64>,
+    /// The call is answered by a `mock_response`, not by a model.
+    pub mock: bool,
+    /// Values hooks leave for their later stages of this call (`pre` to `post`).
+    pub extensions: Extensions,
+}
+
+/// Typed values attached to one call, at most one per type. Hooks use them to carry what their
+/// `pre` decided to their `post` (a private type per hook keeps them apart). Cloning is cheap:
+/// the values are shared.
+#[derive(Clone, Default)]
+pub struct Extensions(Vec<(TypeId, Arc<dyn Any + Send + Sync>)>);
+
+impl Extensions {
+    /// Sets the value of type `T`, replacing any earlier one.
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
+        let id = TypeId::of::<T>();
+        self.0.retain(|(t, _)| *t != id);
+        self.0.push((id, Arc::new(value)));
+    }
+
+    /// The value of type `T`, if one was set.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        let id = TypeId::of::<T>();
+        self.0
+            .iter()
+            .find(|(t, _)| *t == id)
+            .and_then(|(_, v)| v.downcast_ref::<T>())
+    }
+
+    /// Removes the value of type `T`; whether there was one.
+    pub fn remove<T: Any + Send + Sync>(&mut self) -> bool {
+        let id = TypeId::of::<T>();
+        let before = self.0.len();
+        self.0.retain(|(t, _)| *t != id);
+        self.0.len() != before
+    }
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Extensions({} values)", self.0.len())
+    }
 }
 
 impl HookContext {
@@ -61,6 +106,8 @@ impl HookContext {
             attempt: 1,
             stream,
             cost: None,
+            mock: false,
+            extensions: Extensions::default(),
         }
     }
 }
@@ -72,6 +119,9 @@ pub enum Pre {
     Reject(Error),
     /// Answer without calling the upstream.
     Respond(Box<ChatCompletion>),
+    /// Answer with a response served from the response cache: like `Respond`, and the call is
+    /// marked as a cache hit and costed at zero.
+    CacheHit(Box<ChatCompletion>),
 }
 
 /// What a `stream` hook decided about one chunk.
@@ -109,7 +159,7 @@ pub trait Hook: Send + Sync {
 
     fn pre<'a>(
         &'a self,
-        _ctx: &'a HookContext,
+        _ctx: &'a mut HookContext,
         _req: &'a mut ChatRequest,
     ) -> BoxFuture<'a, Result<Pre>> {
         Box::pin(async { Ok(Pre::Continue) })
@@ -126,6 +176,14 @@ pub trait Hook: Send + Sync {
     /// Called for each chunk, inline: keep it cheap.
     fn stream(&self, _ctx: &HookContext, _chunk: &mut ChatChunk) -> ChunkAction {
         ChunkAction::Keep
+    }
+
+    /// Whether this hook's `post` needs the whole answer of this call when it is streamed.
+    /// By default `post` sees a streamed call's usage only; when some hook says yes, the
+    /// stream assembles the answer from its chunks (content, tool calls, finish reasons) as
+    /// they pass, which costs a copy of the text.
+    fn needs_streamed_response(&self, _ctx: &HookContext) -> bool {
+        false
     }
 }
 
@@ -211,7 +269,7 @@ impl Pipeline {
     }
 
     /// Runs the `pre` hooks in order; the first that rejects or responds ends the run.
-    pub async fn pre(&self, ctx: &HookContext, req: &mut ChatRequest) -> Result<Pre> {
+    pub async fn pre(&self, ctx: &mut HookContext, req: &mut ChatRequest) -> Result<Pre> {
         for h in &self.hooks {
             // A hook that failed open left `req` as it was when it gave up.
             match self.guarded(&**h, h.pre(ctx, req)).await? {
@@ -232,6 +290,11 @@ impl Pipeline {
             self.guarded(&**h, h.post(ctx, outcome)).await?;
         }
         Ok(())
+    }
+
+    /// Whether some hook needs a streamed call's whole answer in `post`.
+    pub fn needs_streamed_response(&self, ctx: &HookContext) -> bool {
+        self.hooks.iter().any(|h| h.needs_streamed_response(ctx))
     }
 
     /// Runs the `stream` hooks over one chunk; `Drop` from any hook drops it.
@@ -274,7 +337,7 @@ mod tests {
         }
         fn pre<'a>(
             &'a self,
-            _ctx: &'a HookContext,
+            _ctx: &'a mut HookContext,
             req: &'a mut ChatRequest,
         ) -> BoxFuture<'a, Result<Pre>> {
             Box::pin(async move {
@@ -352,9 +415,9 @@ mod tests {
             hook("c", 20, "reject", &log),
             hook("d", 30, "", &log),
         ]);
-        let ctx = HookContext::new("r1", "m", false);
+        let mut ctx = HookContext::new("r1", "m", false);
         let mut r = req();
-        match p.pre(&ctx, &mut r).await.unwrap() {
+        match p.pre(&mut ctx, &mut r).await.unwrap() {
             Pre::Reject(e) => assert_eq!(e.message, "nope"),
             other => panic!("{other:?}"),
         }
@@ -376,7 +439,7 @@ mod tests {
         ]);
         let mut r = req();
         assert!(matches!(
-            p.pre(&HookContext::new("r", "m", false), &mut r)
+            p.pre(&mut HookContext::new("r", "m", false), &mut r)
                 .await
                 .unwrap(),
             Pre::Continue
@@ -400,11 +463,34 @@ mod tests {
         });
         let p = Pipeline::new(vec![closed]);
         let e = p
-            .pre(&HookContext::new("r", "m", false), &mut req())
+            .pre(&mut HookContext::new("r", "m", false), &mut req())
             .await
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Internal);
         assert!(e.message.contains("strict"));
+    }
+
+    #[test]
+    fn extensions_hold_one_value_per_type() {
+        #[derive(Debug, PartialEq)]
+        struct A(u32);
+        #[derive(Debug, PartialEq)]
+        struct B(&'static str);
+        let mut ctx = HookContext::new("r", "m", false);
+        ctx.extensions.insert(A(1));
+        ctx.extensions.insert(B("b"));
+        ctx.extensions.insert(A(2));
+        let copy = ctx.clone();
+        assert_eq!(copy.extensions.get::<A>(), Some(&A(2)));
+        assert_eq!(copy.extensions.get::<B>(), Some(&B("b")));
+        assert!(ctx.extensions.remove::<A>());
+        assert!(!ctx.extensions.remove::<A>());
+        assert_eq!(ctx.extensions.get::<A>(), None);
+        assert_eq!(
+            copy.extensions.get::<A>(),
+            Some(&A(2)),
+            "clones keep their values"
+        );
     }
 
     #[tokio::test]

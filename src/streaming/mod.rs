@@ -6,14 +6,24 @@
 //! were seen, when the first arrived. A body that ends before the stream's end marker (and
 //! before every choice finished) is a classified `connection` error, never a silent short
 //! answer. Dropping a `ChatStream` drops the HTTP response and so closes the connection.
+//!
+//! When asked ([`ChatStream::assemble_response`]), a stream also assembles the whole answer
+//! from the chunks it hands out ([`assemble`]), for whoever needs it once the stream completed
+//! (the response cache). Work to run when a stream completes ([`ChatStream::on_complete`]: the
+//! post hooks) runs before the caller is told that the stream ended, so that its effects (a
+//! spend counted, an answer cached) are visible to the caller's next call.
 
+pub mod assemble;
 pub mod sse;
+
+pub use assemble::ChunkAssembler;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -92,6 +102,11 @@ pub struct ChatStream {
     ready: VecDeque<Result<StreamItem>>,
     /// Called once when the stream ends, fails, or is dropped.
     on_finish: Vec<OnFinish>,
+    /// Started when the stream completes; awaited before its end is reported.
+    on_complete: Vec<OnComplete>,
+    settling: Vec<tokio::task::JoinHandle<()>>,
+    /// Builds the whole answer from the chunks handed out, when asked to.
+    assembler: Option<Box<ChunkAssembler>>,
 }
 
 /// How a stream ended, for whoever tracks it (the router's stats).
@@ -106,9 +121,13 @@ pub struct StreamSummary {
     /// The error that ended it, if any; `None` also when the caller dropped it early.
     pub error: Option<crate::error::ErrorKind>,
     pub completed: bool,
+    /// The whole answer, for a completed stream asked to assemble it
+    /// ([`ChatStream::assemble_response`]).
+    pub response: Option<Arc<ChatCompletion>>,
 }
 
 type OnFinish = Box<dyn FnOnce(StreamSummary) + Send>;
+type OnComplete = Box<dyn FnOnce(StreamSummary) -> BoxFuture<'static, ()> + Send>;
 
 impl Drop for ChatStream {
     fn drop(&mut self) {
@@ -159,10 +178,14 @@ impl ChatStream {
             hooks: None,
             ready: VecDeque::new(),
             on_finish: Vec::new(),
+            on_complete: Vec::new(),
+            settling: Vec::new(),
+            assembler: None,
         }
     }
 
-    /// A stream replaying chunks already in hand (mock responses; later, cache hits).
+    /// A stream replaying chunks already in hand (mock responses, hooks' answers, cache hits).
+    /// Its usage chunk is shown; see [`ChatStream::show_usage_chunk`].
     pub fn from_chunks(chunks: Vec<ChatChunk>, provider: &'static str, model: String) -> Self {
         ChatStream {
             source: Source::Canned(chunks.into()),
@@ -181,7 +204,16 @@ impl ChatStream {
             hooks: None,
             ready: VecDeque::new(),
             on_finish: Vec::new(),
+            on_complete: Vec::new(),
+            settling: Vec::new(),
+            assembler: None,
         }
+    }
+
+    /// Whether a usage-only chunk is handed out as a chunk (the caller asked for
+    /// `stream_options.include_usage`) or attached to the last chunk as hidden usage.
+    pub fn show_usage_chunk(&mut self, show: bool) {
+        self.show_usage_chunk = show;
     }
 
     /// Calls `f` once when the stream ends, fails or is dropped (callbacks run in the order
@@ -190,20 +222,68 @@ impl ChatStream {
         self.on_finish.push(Box::new(f));
     }
 
+    /// Runs `f`'s future (spawned on the current runtime) when the stream completes, i.e. ends
+    /// at its end marker without an error; the end is reported to the caller once the future
+    /// is done. A stream that fails or is dropped before its end never runs it.
+    pub fn on_complete(
+        &mut self,
+        f: impl FnOnce(StreamSummary) -> BoxFuture<'static, ()> + Send + 'static,
+    ) {
+        self.on_complete.push(Box::new(f));
+    }
+
+    /// Assembles the whole answer from the chunks handed out from now on, for
+    /// [`StreamSummary::response`] (call it before reading the stream).
+    pub fn assemble_response(&mut self) {
+        if self.assembler.is_none() {
+            self.assembler = Some(Box::default());
+        }
+    }
+
     fn fire_finish(&mut self, error: Option<crate::error::ErrorKind>) {
-        if self.on_finish.is_empty() {
+        if self.on_finish.is_empty() && self.on_complete.is_empty() {
             return;
         }
+        let completed = self.finished && error.is_none();
+        let usage = self.usage.clone();
+        let response = match self.assembler.take() {
+            Some(a) if completed => Some(Arc::new(a.finish(usage.clone()))),
+            _ => None,
+        };
         let summary = StreamSummary {
             chunks: self.chunks,
             streamed_chars: self.streamed_chars,
             first_chunk_at: self.first_chunk_at,
-            usage: self.usage.clone(),
+            usage,
             error,
-            completed: self.finished && error.is_none(),
+            completed,
+            response,
         };
         for f in std::mem::take(&mut self.on_finish) {
             f(summary.clone());
+        }
+        let on_complete = std::mem::take(&mut self.on_complete);
+        if !completed || on_complete.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("a stream completed outside a runtime: its completion work is skipped");
+            return;
+        };
+        for f in on_complete {
+            self.settling.push(rt.spawn(f(summary.clone())));
+        }
+    }
+
+    /// Waits for the completion work started when the stream completed.
+    async fn settle(&mut self) {
+        // Kept in `self` while awaited: a caller that stops waiting midway (a dropped `next`
+        // future) waits for the rest on its next call; the work itself runs on regardless.
+        while let Some(h) = self.settling.first_mut() {
+            if let Err(e) = h.await {
+                tracing::warn!(error = %e, "stream completion work failed");
+            }
+            self.settling.remove(0);
         }
     }
 
@@ -314,9 +394,16 @@ impl ChatStream {
         }
         let out = self.next_inner().await;
         match &out {
-            None => self.fire_finish(None),
+            None => {
+                self.fire_finish(None);
+                self.settle().await;
+            }
             Some(Err(e)) => self.fire_finish(Some(e.kind)),
-            Some(Ok(_)) => {}
+            Some(Ok(item)) => {
+                if let Some(a) = &mut self.assembler {
+                    a.add(&item.chunk);
+                }
+            }
         }
         out
     }

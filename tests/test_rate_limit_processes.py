@@ -1,0 +1,76 @@
+"""Four OS processes x 16 concurrent callers on one key for two minutes, offering ten times the
+limit through one Redis: every 60-second window admits at most L + burst, and the total is
+within 1% of what the limit allows."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from redis_server import RedisServer
+
+WORKER = os.path.join(os.path.dirname(__file__), "limit_worker.py")
+
+LIMIT = 600  # requests per minute
+BURST = 60
+PROCESSES = 4
+CALLERS = 16
+DURATION = 120.0
+# Send times are read on the client, a millisecond or so before Redis admits: a window is
+# counted over 60 s minus this skew.
+SKEW = 0.02
+
+
+@pytest.mark.timeout(DURATION + 120)
+def test_four_processes_share_one_limit_exactly(fake, key):
+    with RedisServer() as redis:
+        offered_per_minute = 10 * LIMIT
+        interval = 60.0 * PROCESSES * CALLERS / offered_per_minute
+        start = time.time() + 3.0
+        cfg = {
+            "rate_limit": {
+                "requests_per_minute": LIMIT,
+                "request_burst": BURST,
+                "distributed": True,
+                "key_strategy": "model",
+                "on_redis_failure": "closed",
+            },
+            "redis": {"url": redis.url},
+            "base_url": fake.base_url,
+            "key": key,
+            "callers": CALLERS,
+            "interval": interval,
+            "start_at": start,
+            "stop_at": start + DURATION,
+        }
+        procs = [
+            subprocess.Popen([sys.executable, WORKER, json.dumps(cfg)], stdout=subprocess.PIPE, text=True)
+            for _ in range(PROCESSES)
+        ]
+        admitted: list = []
+        refused = 0
+        for p in procs:
+            out, _ = p.communicate(timeout=DURATION + 60)
+            assert p.returncode == 0, out
+            r = json.loads(out.strip().splitlines()[-1])
+            admitted += r["admitted"]
+            refused += r["refused"]
+            assert r["stats"]["redis_errors"] == 0, r["stats"]
+    admitted.sort()
+    worst = max(bisect.bisect_left(admitted, t + 60.0 - SKEW) - i for i, t in enumerate(admitted))
+    allowed = BURST + LIMIT * DURATION / 60.0
+    total = len(admitted)
+    print(
+        f"\n{PROCESSES} processes x {CALLERS} callers, {DURATION:.0f} s, limit {LIMIT}/min + burst {BURST}: "
+        f"offered {total + refused}, admitted {total} (allowed {allowed:.0f}, "
+        f"{100.0 * (total - allowed) / allowed:+.2f}%), busiest 60 s window {worst} (bound {LIMIT + BURST})"
+    )
+    assert total + refused >= 9 * allowed, "the offered load was not ten times the limit"
+    assert worst <= LIMIT + BURST
+    assert abs(total - allowed) <= 0.01 * allowed
+    assert fake.stats(key)["requests"] == total
