@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use ::redis::Script;
 use futures_util::future::{join_all, BoxFuture};
+use tokio::sync::{mpsc, oneshot};
 
 use super::gcra::LocalLimiter;
 use super::{
@@ -113,6 +114,44 @@ struct Scripts {
     admit: Script,
     settle: Script,
     heartbeat: Script,
+}
+
+/// The most requests one script call decides.
+const MAX_BATCH: usize = 256;
+
+/// A decision on one request: its charges and limits, or why not.
+type Decision = std::result::Result<(Vec<Charge>, RateInfo), Denial>;
+
+/// One request's part of an admit script call.
+struct AdmitReq<'a> {
+    id: &'a str,
+    scopes: Vec<&'a ScopeLimits>,
+    tokens: u64,
+}
+
+/// One request's part of a settle script call.
+struct SettleReq<'a> {
+    id: &'a str,
+    charges: Vec<&'a Charge>,
+    used: u64,
+    undo: bool,
+}
+
+/// An admission waiting for the next batch.
+struct AdmitJob {
+    id: String,
+    scopes: Vec<ScopeLimits>,
+    tokens: u64,
+    reply: oneshot::Sender<Result<Decision>>,
+}
+
+/// A settle waiting for the next batch.
+struct SettleJob {
+    id: String,
+    charges: Vec<Charge>,
+    used: u64,
+    undo: bool,
+    reply: oneshot::Sender<Result<()>>,
 }
 
 /// What the breaker lets a call do.
@@ -229,6 +268,9 @@ pub struct RedisLimiter {
     live: AtomicU64,
     counters: Counters,
     label: String,
+    /// Queues of the batchers (one server or Sentinel; Cluster calls per scope instead).
+    admits: mpsc::UnboundedSender<AdmitJob>,
+    settles: mpsc::UnboundedSender<SettleJob>,
 }
 
 impl fmt::Debug for RedisLimiter {
@@ -251,23 +293,45 @@ impl RedisLimiter {
     /// an error: the limiter starts with its breaker open, decides by the policy, and keeps
     /// trying to connect.
     pub async fn start(config: RedisConfig, opts: RedisLimiterOptions) -> Arc<Self> {
-        let me = Arc::new(Self::new(config, opts, None));
-        me.beat().await;
-        Self::spawn_heartbeat(&me);
-        me
+        Self::launch(config, opts, None).await
     }
 
     /// A limiter on an existing pool (the connection is shared with other users of `pool`).
     pub async fn with_pool(pool: RedisPool, opts: RedisLimiterOptions) -> Arc<Self> {
-        let me = Arc::new(Self::new(pool.config().clone(), opts, Some(pool)));
+        Self::launch(pool.config().clone(), opts, Some(pool)).await
+    }
+
+    async fn launch(
+        config: RedisConfig,
+        opts: RedisLimiterOptions,
+        pool: Option<RedisPool>,
+    ) -> Arc<Self> {
+        let (admits, admit_rx) = mpsc::unbounded_channel();
+        let (settles, settle_rx) = mpsc::unbounded_channel();
+        let me = Arc::new(Self::new(config, opts, pool, admits, settles));
         me.beat().await;
         Self::spawn_heartbeat(&me);
+        let weak = Arc::downgrade(&me);
+        tokio::spawn(batches(weak.clone(), admit_rx, |me, jobs| {
+            Box::pin(async move { me.flush_admits(jobs).await })
+        }));
+        tokio::spawn(batches(weak, settle_rx, |me, jobs| {
+            Box::pin(async move { me.flush_settles(jobs).await })
+        }));
         me
     }
 
-    fn new(config: RedisConfig, opts: RedisLimiterOptions, pool: Option<RedisPool>) -> Self {
+    fn new(
+        config: RedisConfig,
+        opts: RedisLimiterOptions,
+        pool: Option<RedisPool>,
+        admits: mpsc::UnboundedSender<AdmitJob>,
+        settles: mpsc::UnboundedSender<SettleJob>,
+    ) -> Self {
         let label = format!("{:?}", config.target);
         RedisLimiter {
+            admits,
+            settles,
             config,
             pool: RwLock::new(pool),
             connecting: AtomicBool::new(false),
@@ -368,110 +432,114 @@ impl RedisLimiter {
         self.opts.lease.as_millis() + 60_000
     }
 
-    /// One admit script over `scopes` (all in one slot, or a standalone server).
-    async fn admit_script(
-        &self,
-        pool: &RedisPool,
-        request_id: &str,
-        scopes: &[&ScopeLimits],
-        tokens: u64,
-    ) -> Result<std::result::Result<(Vec<Charge>, RateInfo), Denial>> {
-        let mut keys = Vec::with_capacity(scopes.len() * 4);
+    /// One admit script over a batch of requests (their scopes all in one slot, or a
+    /// standalone server): one decision per request, in order.
+    async fn admit_script(&self, pool: &RedisPool, reqs: &[AdmitReq<'_>]) -> Result<Vec<Decision>> {
+        let mut keys = Vec::new();
         let mut args = vec![
-            scopes.len().to_string(),
-            request_id.to_owned(),
+            reqs.len().to_string(),
             self.opts.lease.as_millis().max(1).to_string(),
             self.marker_ttl_ms().to_string(),
         ];
-        let mut charges = Vec::with_capacity(scopes.len());
-        for s in scopes {
-            keys.extend(self.keys(&s.scope, request_id));
-            let cost = s.token_cost(tokens);
-            let (rt, rtau) = s
-                .rpm
-                .map_or((0.0, 0.0), |r| (r.interval_us(), r.tolerance_us()));
-            let (tt, ttau) = s
-                .tpm
-                .map_or((0.0, 0.0), |r| (r.interval_us(), r.tolerance_us()));
-            args.extend([
-                num(rt),
-                num(rtau),
-                num(tt),
-                num(ttau),
-                cost.to_string(),
-                s.max_parallel.unwrap_or(0).to_string(),
-            ]);
-            charges.push(Charge::of(s, cost));
+        for r in reqs {
+            args.push(r.id.to_owned());
+            args.push(r.scopes.len().to_string());
+            for s in &r.scopes {
+                keys.extend(self.keys(&s.scope, r.id));
+                let (rt, rtau) = s
+                    .rpm
+                    .map_or((0.0, 0.0), |r| (r.interval_us(), r.tolerance_us()));
+                let (tt, ttau) = s
+                    .tpm
+                    .map_or((0.0, 0.0), |r| (r.interval_us(), r.tolerance_us()));
+                args.extend([
+                    num(rt),
+                    num(rtau),
+                    num(tt),
+                    num(ttau),
+                    s.token_cost(r.tokens).to_string(),
+                    s.max_parallel.unwrap_or(0).to_string(),
+                ]);
+            }
         }
         let out: Vec<i64> = pool.eval(&self.scripts.admit, &keys, &args).await?;
-        if out.first() == Some(&1) {
+        if out.len() != reqs.len() * 5 {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("redis {}: unexpected admit reply {out:?}", self.label),
+            ));
+        }
+        reqs.iter()
+            .zip(out.chunks(5))
+            .map(|(r, o)| Self::decision(r, o))
+            .collect()
+    }
+
+    /// One request's five numbers from the admit script.
+    fn decision(r: &AdmitReq<'_>, o: &[i64]) -> Result<Decision> {
+        let get = |i: usize| o.get(i).copied().unwrap_or(-1);
+        if get(0) == 1 {
             let mut info = RateInfo::default();
-            let get = |i: usize| out.get(i).copied().unwrap_or(-1);
             if get(1) >= 0 {
-                let limit = scopes.iter().filter_map(|s| s.rpm).map(|r| r.limit).min();
-                info.limit_requests = limit;
+                info.limit_requests = r.scopes.iter().filter_map(|s| s.rpm).map(|x| x.limit).min();
                 info.remaining_requests = Some(get(1) as u64);
                 info.reset_requests = Some(Duration::from_micros(get(2).max(0) as u64));
             }
             if get(3) >= 0 {
-                let limit = scopes.iter().filter_map(|s| s.tpm).map(|r| r.limit).min();
-                info.limit_tokens = limit;
+                info.limit_tokens = r.scopes.iter().filter_map(|s| s.tpm).map(|x| x.limit).min();
                 info.remaining_tokens = Some(get(3) as u64);
                 info.reset_tokens = Some(Duration::from_micros(get(4).max(0) as u64));
             }
+            let charges = r
+                .scopes
+                .iter()
+                .map(|s| Charge::of(s, s.token_cost(r.tokens)))
+                .collect();
             return Ok(Ok((charges, info)));
         }
-        let (idx, what, wait) = match out.as_slice() {
-            [0, idx, what, wait, ..] => (*idx, *what, *wait),
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::Internal,
-                    format!("redis {}: unexpected admit reply {out:?}", self.label),
-                ))
-            }
-        };
-        let scope = usize::try_from(idx - 1)
+        let scope = usize::try_from(get(1) - 1)
             .ok()
-            .and_then(|i| scopes.get(i))
+            .and_then(|i| r.scopes.get(i))
             .ok_or_else(|| Error::new(ErrorKind::Internal, "admit script: bad scope index"))?;
-        let limited = match what {
+        let limited = match get(2) {
             1 => Limited::Requests,
             2 => Limited::Tokens,
             _ => Limited::Parallel,
         };
-        let wait = (wait >= 0).then_some(wait as f64);
-        Ok(Err(Denial::new(scope, limited, wait)))
+        let wait = get(3);
+        Ok(Err(Denial::new(
+            scope,
+            limited,
+            (wait >= 0).then_some(wait as f64),
+        )))
     }
 
-    /// One settle script over `charges` (one slot, or a standalone server). Returns how many
-    /// scopes were settled by this call (0 when a previous call already did).
-    async fn settle_script(
-        &self,
-        pool: &RedisPool,
-        request_id: &str,
-        charges: &[&Charge],
-        used: u64,
-        undo: bool,
-    ) -> Result<u64> {
-        let mut keys = Vec::with_capacity(charges.len() * 4);
-        let mut args = vec![
-            charges.len().to_string(),
-            request_id.to_owned(),
-            if undo { "1" } else { "0" }.to_owned(),
-        ];
-        for c in charges {
-            keys.extend(self.keys(&c.scope, request_id));
-            args.extend([
-                num(c.rpm_interval_us.unwrap_or(0.0)),
-                num(c.tpm_interval_us.unwrap_or(0.0)),
-                if undo { 0 } else { used }.to_string(),
-            ]);
+    /// One settle script over a batch of settles (one slot, or a standalone server). Returns
+    /// how many scopes were settled by this call (0 when earlier calls already did).
+    async fn settle_script(&self, pool: &RedisPool, reqs: &[SettleReq<'_>]) -> Result<u64> {
+        let mut keys = Vec::new();
+        let mut args = vec![reqs.len().to_string()];
+        for r in reqs {
+            args.push(r.id.to_owned());
+            args.push(if r.undo { "1" } else { "0" }.to_owned());
+            args.push(r.charges.len().to_string());
+            for c in &r.charges {
+                keys.extend(self.keys(&c.scope, r.id));
+                args.extend([
+                    num(c.rpm_interval_us.unwrap_or(0.0)),
+                    num(c.tpm_interval_us.unwrap_or(0.0)),
+                    if r.undo { 0 } else { r.used }.to_string(),
+                    if c.needs_settle() { "1" } else { "0" }.to_owned(),
+                ]);
+            }
         }
         pool.eval(&self.scripts.settle, &keys, &args).await
     }
 
-    /// Admits in Redis: one script, or on Cluster one per scope with the charged ones undone
-    /// when another refuses.
+    /// Admits in Redis. On one server (or Sentinel) the request joins the next batch: one
+    /// script call decides every admission queued while the previous call was in flight. On
+    /// Cluster each scope is admitted by its own call (its own slot), and the charged ones are
+    /// undone when another refuses.
     async fn redis_admit(
         &self,
         pool: &RedisPool,
@@ -483,20 +551,27 @@ impl RedisLimiter {
             placement: Placement::Primary,
             info,
         };
-        if !pool.is_cluster() || scopes.len() <= 1 {
-            return Ok(self
-                .admit_script(pool, &demand.request_id, &scopes, demand.tokens)
-                .await?
-                .map(admitted));
+        if !pool.is_cluster() {
+            let (reply, rx) = oneshot::channel();
+            let job = AdmitJob {
+                id: demand.request_id.clone(),
+                scopes: scopes.into_iter().cloned().collect(),
+                tokens: demand.tokens,
+                reply,
+            };
+            self.admits
+                .send(job)
+                .map_err(|_| Error::new(ErrorKind::Internal, "rate limiter: batcher stopped"))?;
+            let out = rx
+                .await
+                .map_err(|_| Error::new(ErrorKind::Internal, "rate limiter: batch lost"))?;
+            return Ok(out?.map(admitted));
         }
-        let outs = join_all(scopes.iter().map(|s| {
-            self.admit_script(
-                pool,
-                &demand.request_id,
-                std::slice::from_ref(s),
-                demand.tokens,
-            )
-        }))
+        let outs = join_all(
+            scopes
+                .iter()
+                .map(|s| self.admit_one_scope(pool, &demand.request_id, s, demand.tokens)),
+        )
         .await;
         let mut charges = Vec::new();
         let mut info = RateInfo::default();
@@ -520,12 +595,87 @@ impl RedisLimiter {
             Some(r) => {
                 // Give back what was charged, scope by scope (each in its own slot).
                 join_all(charges.iter().map(|c| async move {
-                    self.settle_script(pool, &demand.request_id, &[c], 0, true)
-                        .await
+                    let req = SettleReq {
+                        id: &demand.request_id,
+                        charges: vec![c],
+                        used: 0,
+                        undo: true,
+                    };
+                    self.settle_script(pool, std::slice::from_ref(&req)).await
                 }))
                 .await;
                 r.map(Err)
             }
+        }
+    }
+
+    /// Admits one request on one scope (Cluster: one slot per call).
+    async fn admit_one_scope(
+        &self,
+        pool: &RedisPool,
+        id: &str,
+        scope: &ScopeLimits,
+        tokens: u64,
+    ) -> Result<Decision> {
+        let req = AdmitReq {
+            id,
+            scopes: vec![scope],
+            tokens,
+        };
+        let mut out = self.admit_script(pool, std::slice::from_ref(&req)).await?;
+        out.pop()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "admit script: empty reply"))
+    }
+
+    /// Decides a batch of queued admissions with one script call.
+    async fn flush_admits(&self, jobs: Vec<AdmitJob>) {
+        let out = match self.pool().await {
+            Ok(pool) => {
+                let reqs: Vec<AdmitReq<'_>> = jobs
+                    .iter()
+                    .map(|j| AdmitReq {
+                        id: &j.id,
+                        scopes: j.scopes.iter().collect(),
+                        tokens: j.tokens,
+                    })
+                    .collect();
+                self.admit_script(&pool, &reqs).await
+            }
+            Err(e) => Err(e),
+        };
+        match out {
+            Ok(decisions) => {
+                for (job, d) in jobs.into_iter().zip(decisions) {
+                    let _ = job.reply.send(Ok(d));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Applies a batch of queued settles with one script call.
+    async fn flush_settles(&self, jobs: Vec<SettleJob>) {
+        let out = match self.pool().await {
+            Ok(pool) => {
+                let reqs: Vec<SettleReq<'_>> = jobs
+                    .iter()
+                    .map(|j| SettleReq {
+                        id: &j.id,
+                        charges: j.charges.iter().collect(),
+                        used: j.used,
+                        undo: j.undo,
+                    })
+                    .collect();
+                self.settle_script(&pool, &reqs).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        for job in jobs {
+            let _ = job.reply.send(out.clone());
         }
     }
 
@@ -627,15 +777,30 @@ impl RedisLimiter {
         used: u64,
         undo: bool,
     ) -> Result<()> {
+        let charges: Vec<Charge> = charges
+            .iter()
+            .filter(|c| undo || c.needs_settle())
+            .cloned()
+            .collect();
+        if charges.is_empty() {
+            // Only requests limits: nothing to refund, no slot to release.
+            return Ok(());
+        }
         let started = Instant::now();
         let mut wait = Duration::from_millis(100);
         loop {
             let out = async {
                 let pool = self.pool().await?;
-                if pool.is_cluster() && charges.len() > 1 {
+                if pool.is_cluster() {
                     let pool = &pool;
                     for r in join_all(charges.iter().map(|c| async move {
-                        self.settle_script(pool, request_id, &[c], used, undo).await
+                        let req = SettleReq {
+                            id: request_id,
+                            charges: vec![c],
+                            used,
+                            undo,
+                        };
+                        self.settle_script(pool, std::slice::from_ref(&req)).await
                     }))
                     .await
                     {
@@ -643,10 +808,19 @@ impl RedisLimiter {
                     }
                     Ok(())
                 } else {
-                    let all: Vec<&Charge> = charges.iter().collect();
-                    self.settle_script(&pool, request_id, &all, used, undo)
-                        .await
-                        .map(|_| ())
+                    let (reply, rx) = oneshot::channel();
+                    let job = SettleJob {
+                        id: request_id.to_owned(),
+                        charges: charges.clone(),
+                        used,
+                        undo,
+                        reply,
+                    };
+                    self.settles.send(job).map_err(|_| {
+                        Error::new(ErrorKind::Internal, "rate limiter: batcher stopped")
+                    })?;
+                    rx.await
+                        .map_err(|_| Error::new(ErrorKind::Internal, "rate limiter: batch lost"))?
                 }
             }
             .await;
@@ -666,6 +840,37 @@ impl RedisLimiter {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+/// Script calls of one kind in flight at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Runs queued jobs in batches: when a call slot is free, everything queued so far goes in one
+/// script call (up to [`MAX_BATCH`]); up to [`BATCHES_IN_FLIGHT`] calls run at once on the
+/// multiplexed connection. Ends when the limiter is dropped.
+async fn batches<J: Send + 'static>(
+    limiter: std::sync::Weak<RedisLimiter>,
+    mut rx: mpsc::UnboundedReceiver<J>,
+    flush: fn(Arc<RedisLimiter>, Vec<J>) -> BoxFuture<'static, ()>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let Some(me) = limiter.upgrade() else { break };
+        tokio::spawn(async move {
+            flush(me, jobs).await;
+            drop(permit);
+        });
     }
 }
 

@@ -224,6 +224,12 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// Whether settling changes anything: a token reservation or a parallel slot. A scope
+    /// with only a requests limit is done at admission.
+    pub fn needs_settle(&self) -> bool {
+        self.tpm_interval_us.is_some() || self.parallel
+    }
+
     pub(crate) fn of(limits: &ScopeLimits, tokens: u64) -> Self {
         Charge {
             scope: limits.scope.clone(),

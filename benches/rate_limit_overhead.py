@@ -1,0 +1,118 @@
+"""What rate limiting costs: llmux.acompletion throughput with no limit, with an in-process
+limit, and with a distributed limit in Redis (rpm + tpm + parallel requests, high enough never
+to refuse, so every call is admitted and settled).
+
+Each configuration runs in its own interpreter against one fake upstream, at concurrency 64,
+after a warm-up; the table gives requests/s and the ratio to the run without a limit. The
+Redis run uses a redis-server started here on a free port (or REDIS_URL).
+
+    python benches/rate_limit_overhead.py [--duration 8] [--warmup 2] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    import llmux
+
+    base, mode, redis_url, warm, dur = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+    limits = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "max_parallel_requests": 10**6}
+    if mode == "local":
+        llmux.set_rate_limit(limits)
+    elif mode == "redis":
+        llmux.set_rate_limit({**limits, "distributed": True, "on_redis_failure": "closed"}, {"url": redis_url})
+    elif mode == "redis-rpm-only":
+        llmux.set_rate_limit(
+            {"requests_per_minute": 10**9, "distributed": True, "on_redis_failure": "closed"}, {"url": redis_url}
+        )
+    msgs = [{"role": "user", "content": "hi"}]
+
+    async def worker(stop, counts):
+        while time.perf_counter() < stop:
+            await llmux.acompletion(model="openai/gpt-4o-mini", messages=msgs, api_base=base, api_key="sk-x")
+            counts[0] += 1
+
+    async def run(seconds):
+        counts = [0]
+        stop = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker(stop, counts) for _ in range(64)])
+        return counts[0] / (time.perf_counter() - t0)
+
+    asyncio.run(run(warm))
+    rate = asyncio.run(run(dur))
+    stats = llmux.rate_limit_stats()
+    if stats is not None:
+        assert stats["redis_errors"] == 0 and stats["denied"] == 0, stats
+    print(json.dumps({"mode": mode, "rps": rate}))
+    """
+)
+
+
+def start_redis():
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url, None
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is needed (apt-get install redis-server), or set REDIS_URL")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+    )
+    time.sleep(0.3)
+    return f"redis://127.0.0.1:{port}", proc
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=2, help="alternate the modes this many times")
+    a = p.parse_args()
+    from llmux.testing import FakeUpstream
+
+    modes = ["off", "local", "redis", "redis-rpm-only"]
+    best: dict = {}
+    redis_url, redis_proc = start_redis()
+    try:
+        with FakeUpstream(threads=1) as fake:
+            for _ in range(a.rounds):
+                for mode in modes:
+                    out = subprocess.run(
+                        [sys.executable, "-c", CHILD, fake.base_url, mode, redis_url, str(a.warmup), str(a.duration)],
+                        capture_output=True,
+                        text=True,
+                        timeout=a.duration + a.warmup + 60,
+                        env=dict(os.environ),
+                    )
+                    if out.returncode != 0:
+                        raise SystemExit(f"{mode} failed:\n{out.stderr[-2000:]}")
+                    rps = json.loads(out.stdout.strip().splitlines()[-1])["rps"]
+                    best[mode] = max(best.get(mode, 0.0), rps)
+    finally:
+        if redis_proc is not None:
+            redis_proc.kill()
+    base = best["off"]
+    print(f"# rate limit overhead (async unary, concurrency 64, best of {a.rounds} rounds of {a.duration:g} s)\n")
+    print("| configuration | req/s | vs no limit |")
+    print("|---|---:|---:|")
+    for mode in modes:
+        print(f"| {mode} | {best[mode]:,.0f} | {best[mode] / base:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
