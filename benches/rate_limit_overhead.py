@@ -27,6 +27,7 @@ CHILD = textwrap.dedent(
     import llmux
 
     base, mode, redis_url, warm, dur = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+    conc = int(sys.argv[6])
     limits = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "max_parallel_requests": 10**6}
     if mode == "local":
         llmux.set_rate_limit(limits)
@@ -47,7 +48,7 @@ CHILD = textwrap.dedent(
         counts = [0]
         stop = time.perf_counter() + seconds
         t0 = time.perf_counter()
-        await asyncio.gather(*[worker(stop, counts) for _ in range(64)])
+        await asyncio.gather(*[worker(stop, counts) for _ in range(conc)])
         return counts[0] / (time.perf_counter() - t0)
 
     asyncio.run(run(warm))
@@ -82,6 +83,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=2, help="alternate the modes this many times")
+    p.add_argument("--concurrency", type=int, default=64)
     a = p.parse_args()
     from llmux.testing import FakeUpstream
 
@@ -93,7 +95,17 @@ def main() -> None:
             for _ in range(a.rounds):
                 for mode in modes:
                     out = subprocess.run(
-                        [sys.executable, "-c", CHILD, fake.base_url, mode, redis_url, str(a.warmup), str(a.duration)],
+                        [
+                            sys.executable,
+                            "-c",
+                            CHILD,
+                            fake.base_url,
+                            mode,
+                            redis_url,
+                            str(a.warmup),
+                            str(a.duration),
+                            str(a.concurrency),
+                        ],
                         capture_output=True,
                         text=True,
                         timeout=a.duration + a.warmup + 60,
@@ -107,7 +119,9 @@ def main() -> None:
         if redis_proc is not None:
             redis_proc.kill()
     base = best["off"]
-    print(f"# rate limit overhead (async unary, concurrency 64, best of {a.rounds} rounds of {a.duration:g} s)\n")
+    print(
+        f"# rate limit overhead (async unary, concurrency {a.concurrency}, best of {a.rounds} rounds of {a.duration:g} s)\n"
+    )
     print("| configuration | req/s | vs no limit |")
     print("|---|---:|---:|")
     for mode in modes:

@@ -342,7 +342,7 @@ async fn redis_cluster_holds_the_limits_across_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_under_load_keeps_limiting() {
-    let group = SentinelGroup::start();
+    let mut group = SentinelGroup::start();
     let target = RedisTarget::Sentinel {
         master_name: SentinelGroup::MASTER_NAME.into(),
         nodes: vec![group.sentinel_url()],
@@ -350,33 +350,92 @@ async fn sentinel_failover_under_load_keeps_limiting() {
     let l = limiter(target, FailPolicy::Local).await;
     assert_eq!(burst(&l, vec![rpm("s-one", 30)], 100).await, 30);
 
-    group.failover();
+    // Load through the failover: four callers admitting without pause.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (l, stop) = (l.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut failed = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match admit(&l, demand(vec![rpm("s-load", 1_000_000)], 0)).await {
+                        Ok(t) => t.settle(0),
+                        Err(_) => failed += 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                failed
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The master dies; the sentinel promotes the replica.
+    group.master.kill();
     let started = Instant::now();
-    // Under load through the failover: calls never fail (policy local) and Redis decides
-    // again within seconds, on the new master.
     let scope = rpm("s-after", 1_000_000);
     loop {
         let t = admit(&l, demand(vec![scope.clone()], 0)).await.unwrap();
         let decided_by_redis = t.placement() == Some(Placement::Primary);
         t.settle(0);
-        // The old master, demoted, refuses writes: an admission decided by Redis now was
-        // decided on the new master.
-        let demoted = raw_command(group.master.port, "ROLE").is_some_and(|r| r.contains("slave"));
-        if demoted && decided_by_redis {
+        // The old master is gone: an admission decided by Redis now was decided on the new one.
+        let promoted =
+            raw_command(group.replica.port, "ROLE").is_some_and(|r| r.contains("master"));
+        if promoted && decided_by_redis {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < Duration::from_secs(20),
             "the limiter did not follow the failover: {:?}",
             l.stats()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
-        "limiting on the new master {:?} after the failover",
-        started.elapsed()
+        "limiting on the new master {:?} after the master died ({:?})",
+        started.elapsed(),
+        l.stats()
     );
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        assert_eq!(
+            t.await.unwrap(),
+            0,
+            "policy local: no call failed during the failover"
+        );
+    }
     assert_eq!(burst(&l, vec![rpm("s-two", 25)], 100).await, 25);
     let keys = raw_command(group.replica.port, "EXISTS llmux:rl:{s-two}:rpm").unwrap();
     assert_eq!(keys.trim(), ":1", "the new master holds the limit's state");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_and_database_from_a_config_block() {
+    let server = RedisServer::start(&["--requirepass", "s3cr3t-pw"]);
+    let block = |pw: &str| serde_json::json!({"host": "127.0.0.1", "port": server.port, "password": pw, "db": 3});
+    let cfg = RedisConfig::from_json(&block("s3cr3t-pw")).unwrap();
+    let l: Arc<dyn RateLimiter> = RedisLimiter::start(cfg, opts(FailPolicy::Closed)).await;
+    assert_eq!(burst(&l, vec![rpm("pw", 7)], 20).await, 7);
+    let in_db3 = raw_command(
+        server.port,
+        "AUTH s3cr3t-pw\r\nSELECT 3\r\nEXISTS llmux:rl:{pw}:rpm",
+    );
+    assert!(
+        in_db3.is_some_and(|r| r.contains(":1")),
+        "the limit lives in db 3"
+    );
+
+    // A wrong password: Redis refuses, the policy decides, and no message shows a password.
+    let cfg = RedisConfig::from_json(&block("wrong-pw")).unwrap();
+    let bad: Arc<dyn RateLimiter> = RedisLimiter::start(cfg, opts(FailPolicy::Closed)).await;
+    let e = admit(&bad, demand(vec![rpm("pw2", 7)], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RateLimited);
+    assert!(
+        !e.message.contains("wrong-pw") && !e.message.contains("s3cr3t"),
+        "{e}"
+    );
+    assert!(!format!("{bad:?}").contains("wrong-pw"));
+    assert!(bad.stats().breaker_open);
 }

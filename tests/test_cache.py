@@ -346,3 +346,19 @@ def test_redis_cache_is_shared_by_processes(fake, key):
         hit = ask(fake, other)
         assert hit._hidden_params["cache_hit"] is True and hit.choices[0].message.content == REPLY
         assert calls(fake, other) == 1
+
+
+def test_router_calls_use_the_module_cache(fake, key):
+    # Set before any plain call: the Router hands the module's cache to the engine itself.
+    llmux.cache = llmux.Cache()
+    params = {
+        "model": "openai/gpt-4o-mini",
+        "api_base": fake.base_url,
+        "api_key": "sk-x",
+        "extra_headers": hdr(key),
+    }
+    router = llmux.Router(model_list=[{"model_name": "g", "litellm_params": params}])
+    router.completion(model="g", messages=msgs(key))
+    second = router.completion(model="g", messages=msgs(key))
+    assert second._hidden_params["cache_hit"] is True
+    assert calls(fake, key) == 1

@@ -108,13 +108,19 @@ failure_callback: list = []
 input_callback: list = []
 
 
-def _apply_settings(kwargs: dict, call_type: Optional[str] = None) -> dict:
+def _sync_engine_settings() -> None:
+    """Hands module settings assigned since the last call (``max_budget``, ``cache``) to the
+    engine; the Router's calls run them too."""
     if max_budget != _budget_applied:
         _sync_max_budget()
-    if rate_limit != _rate_limit_applied:
-        set_rate_limit(rate_limit)
     if cache is not _cache_applied:
         _sync_cache()
+
+
+def _apply_settings(kwargs: dict, call_type: Optional[str] = None) -> dict:
+    _sync_engine_settings()
+    if rate_limit != _rate_limit_applied:
+        set_rate_limit(rate_limit)
     if call_type is not None and cache is not None and call_type not in cache.supported_call_types:
         kwargs["caching"] = False
     if api_key is not None and "api_key" not in kwargs:

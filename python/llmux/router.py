@@ -34,6 +34,14 @@ _STRATEGIES = (
 _NO_EFFECT = frozenset({"set_verbose", "debug_level", "client_ttl", "cache_kwargs", "polling_interval"})
 
 
+def _sync_engine_settings() -> None:
+    # The package's module settings (budget, cache) apply to routed calls too; the package
+    # imports this module, so it is looked up at call time.
+    from . import _sync_engine_settings as sync
+
+    sync()
+
+
 def _tags(kwargs: dict) -> List[str]:
     meta = kwargs.get("metadata")
     tags = (meta or {}).get("tags") if isinstance(meta, dict) else None
@@ -151,6 +159,7 @@ class Router:
     def completion(
         self, model: str, messages: Optional[list] = None, **kwargs: Any
     ) -> Union[ModelResponse, CustomStreamWrapper]:
+        _sync_engine_settings()
         messages = messages if messages is not None else kwargs.pop("messages", [])
         tags = _tags(kwargs)
         if kwargs.pop("stream", False):
@@ -162,6 +171,7 @@ class Router:
     async def acompletion(
         self, model: str, messages: Optional[list] = None, **kwargs: Any
     ) -> Union[ModelResponse, CustomStreamWrapper]:
+        _sync_engine_settings()
         messages = messages if messages is not None else kwargs.pop("messages", [])
         tags = _tags(kwargs)
         if kwargs.pop("stream", False):
@@ -171,11 +181,13 @@ class Router:
         return ModelResponse._from_native(d, hidden, hidden["_response_ms"])
 
     def embedding(self, model: str, input: Any = None, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002
+        _sync_engine_settings()
         input = input if input is not None else kwargs.pop("input", [])  # noqa: A001
         d, hidden = self._native.embedding(model, input, kwargs)
         return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
 
     async def aembedding(self, model: str, input: Any = None, **kwargs: Any) -> EmbeddingResponse:  # noqa: A002
+        _sync_engine_settings()
         input = input if input is not None else kwargs.pop("input", [])  # noqa: A001
         d, hidden = await _run(self._native.aembedding, model, input, kwargs)
         return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])

@@ -1,8 +1,8 @@
 //! The Redis limiter: GCRA in Lua, shared by every process on the same Redis, and what happens
 //! when Redis cannot answer.
 //!
-//! This module owns the Redis key layout of the limits, the scripts (`scripts/admit.lua`,
-//! `scripts/settle.lua`, `scripts/heartbeat.lua`), the circuit breaker, the heartbeats that
+//! This module owns the Redis key layout of the limits, the scripts (`scripts/limits.lua`,
+//! `scripts/heartbeat.lua`), the circuit breaker, the heartbeats that
 //! count live processes, and the failure policy ([`FailPolicy`]).
 //!
 //! Keys (`P` is the prefix, `llmux:rl` by default), hash-tagged by scope so that every key of a
@@ -111,8 +111,7 @@ impl Default for RedisLimiterOptions {
 }
 
 struct Scripts {
-    admit: Script,
-    settle: Script,
+    limits: Script,
     heartbeat: Script,
 }
 
@@ -143,6 +142,12 @@ struct AdmitJob {
     scopes: Vec<ScopeLimits>,
     tokens: u64,
     reply: oneshot::Sender<Result<Decision>>,
+}
+
+/// Work for the next script call.
+enum Job {
+    Admit(AdmitJob),
+    Settle(SettleJob),
 }
 
 /// A settle waiting for the next batch.
@@ -269,8 +274,7 @@ pub struct RedisLimiter {
     counters: Counters,
     label: String,
     /// Queues of the batchers (one server or Sentinel; Cluster calls per scope instead).
-    admits: mpsc::UnboundedSender<AdmitJob>,
-    settles: mpsc::UnboundedSender<SettleJob>,
+    jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl fmt::Debug for RedisLimiter {
@@ -306,18 +310,11 @@ impl RedisLimiter {
         opts: RedisLimiterOptions,
         pool: Option<RedisPool>,
     ) -> Arc<Self> {
-        let (admits, admit_rx) = mpsc::unbounded_channel();
-        let (settles, settle_rx) = mpsc::unbounded_channel();
-        let me = Arc::new(Self::new(config, opts, pool, admits, settles));
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let me = Arc::new(Self::new(config, opts, pool, jobs));
         me.beat().await;
         Self::spawn_heartbeat(&me);
-        let weak = Arc::downgrade(&me);
-        tokio::spawn(batches(weak.clone(), admit_rx, |me, jobs| {
-            Box::pin(async move { me.flush_admits(jobs).await })
-        }));
-        tokio::spawn(batches(weak, settle_rx, |me, jobs| {
-            Box::pin(async move { me.flush_settles(jobs).await })
-        }));
+        tokio::spawn(batches(Arc::downgrade(&me), rx));
         me
     }
 
@@ -325,20 +322,17 @@ impl RedisLimiter {
         config: RedisConfig,
         opts: RedisLimiterOptions,
         pool: Option<RedisPool>,
-        admits: mpsc::UnboundedSender<AdmitJob>,
-        settles: mpsc::UnboundedSender<SettleJob>,
+        jobs: mpsc::UnboundedSender<Job>,
     ) -> Self {
         let label = format!("{:?}", config.target);
         RedisLimiter {
-            admits,
-            settles,
+            jobs,
             config,
             pool: RwLock::new(pool),
             connecting: AtomicBool::new(false),
             opts,
             scripts: Scripts {
-                admit: Script::new(include_str!("scripts/admit.lua")),
-                settle: Script::new(include_str!("scripts/settle.lua")),
+                limits: Script::new(include_str!("scripts/limits.lua")),
                 heartbeat: Script::new(include_str!("scripts/heartbeat.lua")),
             },
             local: LocalLimiter::new(),
@@ -432,16 +426,36 @@ impl RedisLimiter {
         self.opts.lease.as_millis() + 60_000
     }
 
-    /// One admit script over a batch of requests (their scopes all in one slot, or a
-    /// standalone server): one decision per request, in order.
-    async fn admit_script(&self, pool: &RedisPool, reqs: &[AdmitReq<'_>]) -> Result<Vec<Decision>> {
+    /// One script call: `settles` first, then `admits` (their scopes all in one slot, or a
+    /// standalone server). Returns the scopes settled and one decision per admission.
+    async fn script(
+        &self,
+        pool: &RedisPool,
+        settles: &[SettleReq<'_>],
+        admits: &[AdmitReq<'_>],
+    ) -> Result<(u64, Vec<Decision>)> {
         let mut keys = Vec::new();
         let mut args = vec![
-            reqs.len().to_string(),
+            settles.len().to_string(),
+            admits.len().to_string(),
             self.opts.lease.as_millis().max(1).to_string(),
             self.marker_ttl_ms().to_string(),
         ];
-        for r in reqs {
+        for r in settles {
+            args.push(r.id.to_owned());
+            args.push(if r.undo { "1" } else { "0" }.to_owned());
+            args.push(r.charges.len().to_string());
+            for c in &r.charges {
+                keys.extend(self.keys(&c.scope, r.id));
+                args.extend([
+                    num(c.rpm_interval_us.unwrap_or(0.0)),
+                    num(c.tpm_interval_us.unwrap_or(0.0)),
+                    if r.undo { 0 } else { r.used }.to_string(),
+                    if c.needs_settle() { "1" } else { "0" }.to_owned(),
+                ]);
+            }
+        }
+        for r in admits {
             args.push(r.id.to_owned());
             args.push(r.scopes.len().to_string());
             for s in &r.scopes {
@@ -462,17 +476,22 @@ impl RedisLimiter {
                 ]);
             }
         }
-        let out: Vec<i64> = pool.eval(&self.scripts.admit, &keys, &args).await?;
-        if out.len() != reqs.len() * 5 {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!("redis {}: unexpected admit reply {out:?}", self.label),
-            ));
-        }
-        reqs.iter()
-            .zip(out.chunks(5))
+        let out: Vec<i64> = pool.eval(&self.scripts.limits, &keys, &args).await?;
+        let (settled, rest) = match out.split_first() {
+            Some((n, rest)) if rest.len() == admits.len() * 5 => (*n, rest),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("redis {}: unexpected limits reply {out:?}", self.label),
+                ))
+            }
+        };
+        let decisions = admits
+            .iter()
+            .zip(rest.chunks(5))
             .map(|(r, o)| Self::decision(r, o))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((settled.max(0) as u64, decisions))
     }
 
     /// One request's five numbers from the admit script.
@@ -514,28 +533,6 @@ impl RedisLimiter {
         )))
     }
 
-    /// One settle script over a batch of settles (one slot, or a standalone server). Returns
-    /// how many scopes were settled by this call (0 when earlier calls already did).
-    async fn settle_script(&self, pool: &RedisPool, reqs: &[SettleReq<'_>]) -> Result<u64> {
-        let mut keys = Vec::new();
-        let mut args = vec![reqs.len().to_string()];
-        for r in reqs {
-            args.push(r.id.to_owned());
-            args.push(if r.undo { "1" } else { "0" }.to_owned());
-            args.push(r.charges.len().to_string());
-            for c in &r.charges {
-                keys.extend(self.keys(&c.scope, r.id));
-                args.extend([
-                    num(c.rpm_interval_us.unwrap_or(0.0)),
-                    num(c.tpm_interval_us.unwrap_or(0.0)),
-                    if r.undo { 0 } else { r.used }.to_string(),
-                    if c.needs_settle() { "1" } else { "0" }.to_owned(),
-                ]);
-            }
-        }
-        pool.eval(&self.scripts.settle, &keys, &args).await
-    }
-
     /// Admits in Redis. On one server (or Sentinel) the request joins the next batch: one
     /// script call decides every admission queued while the previous call was in flight. On
     /// Cluster each scope is admitted by its own call (its own slot), and the charged ones are
@@ -559,8 +556,8 @@ impl RedisLimiter {
                 tokens: demand.tokens,
                 reply,
             };
-            self.admits
-                .send(job)
+            self.jobs
+                .send(Job::Admit(job))
                 .map_err(|_| Error::new(ErrorKind::Internal, "rate limiter: batcher stopped"))?;
             let out = rx
                 .await
@@ -601,7 +598,7 @@ impl RedisLimiter {
                         used: 0,
                         undo: true,
                     };
-                    self.settle_script(pool, std::slice::from_ref(&req)).await
+                    self.script(pool, std::slice::from_ref(&req), &[]).await
                 }))
                 .await;
                 r.map(Err)
@@ -622,46 +619,24 @@ impl RedisLimiter {
             scopes: vec![scope],
             tokens,
         };
-        let mut out = self.admit_script(pool, std::slice::from_ref(&req)).await?;
+        let (_, mut out) = self.script(pool, &[], std::slice::from_ref(&req)).await?;
         out.pop()
             .ok_or_else(|| Error::new(ErrorKind::Internal, "admit script: empty reply"))
     }
 
-    /// Decides a batch of queued admissions with one script call.
-    async fn flush_admits(&self, jobs: Vec<AdmitJob>) {
-        let out = match self.pool().await {
-            Ok(pool) => {
-                let reqs: Vec<AdmitReq<'_>> = jobs
-                    .iter()
-                    .map(|j| AdmitReq {
-                        id: &j.id,
-                        scopes: j.scopes.iter().collect(),
-                        tokens: j.tokens,
-                    })
-                    .collect();
-                self.admit_script(&pool, &reqs).await
-            }
-            Err(e) => Err(e),
-        };
-        match out {
-            Ok(decisions) => {
-                for (job, d) in jobs.into_iter().zip(decisions) {
-                    let _ = job.reply.send(Ok(d));
-                }
-            }
-            Err(e) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
+    /// Runs a batch of queued settles and admissions with one script call.
+    async fn flush(&self, jobs: Vec<Job>) {
+        let mut admits = Vec::new();
+        let mut settles = Vec::new();
+        for j in jobs {
+            match j {
+                Job::Admit(a) => admits.push(a),
+                Job::Settle(s) => settles.push(s),
             }
         }
-    }
-
-    /// Applies a batch of queued settles with one script call.
-    async fn flush_settles(&self, jobs: Vec<SettleJob>) {
         let out = match self.pool().await {
             Ok(pool) => {
-                let reqs: Vec<SettleReq<'_>> = jobs
+                let s: Vec<SettleReq<'_>> = settles
                     .iter()
                     .map(|j| SettleReq {
                         id: &j.id,
@@ -670,12 +645,35 @@ impl RedisLimiter {
                         undo: j.undo,
                     })
                     .collect();
-                self.settle_script(&pool, &reqs).await.map(|_| ())
+                let a: Vec<AdmitReq<'_>> = admits
+                    .iter()
+                    .map(|j| AdmitReq {
+                        id: &j.id,
+                        scopes: j.scopes.iter().collect(),
+                        tokens: j.tokens,
+                    })
+                    .collect();
+                self.script(&pool, &s, &a).await
             }
             Err(e) => Err(e),
         };
-        for job in jobs {
-            let _ = job.reply.send(out.clone());
+        match out {
+            Ok((_, decisions)) => {
+                for job in settles {
+                    let _ = job.reply.send(Ok(()));
+                }
+                for (job, d) in admits.into_iter().zip(decisions) {
+                    let _ = job.reply.send(Ok(d));
+                }
+            }
+            Err(e) => {
+                for job in settles {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+                for job in admits {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 
@@ -800,7 +798,7 @@ impl RedisLimiter {
                             used,
                             undo,
                         };
-                        self.settle_script(pool, std::slice::from_ref(&req)).await
+                        self.script(pool, std::slice::from_ref(&req), &[]).await
                     }))
                     .await
                     {
@@ -816,7 +814,7 @@ impl RedisLimiter {
                         undo,
                         reply,
                     };
-                    self.settles.send(job).map_err(|_| {
+                    self.jobs.send(Job::Settle(job)).map_err(|_| {
                         Error::new(ErrorKind::Internal, "rate limiter: batcher stopped")
                     })?;
                     rx.await
@@ -843,17 +841,13 @@ impl RedisLimiter {
     }
 }
 
-/// Script calls of one kind in flight at once.
+/// Script calls in flight at once.
 const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Runs queued jobs in batches: when a call slot is free, everything queued so far goes in one
 /// script call (up to [`MAX_BATCH`]); up to [`BATCHES_IN_FLIGHT`] calls run at once on the
 /// multiplexed connection. Ends when the limiter is dropped.
-async fn batches<J: Send + 'static>(
-    limiter: std::sync::Weak<RedisLimiter>,
-    mut rx: mpsc::UnboundedReceiver<J>,
-    flush: fn(Arc<RedisLimiter>, Vec<J>) -> BoxFuture<'static, ()>,
-) {
+async fn batches(limiter: std::sync::Weak<RedisLimiter>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -868,7 +862,7 @@ async fn batches<J: Send + 'static>(
         }
         let Some(me) = limiter.upgrade() else { break };
         tokio::spawn(async move {
-            flush(me, jobs).await;
+            me.flush(jobs).await;
             drop(permit);
         });
     }

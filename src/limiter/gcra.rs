@@ -8,9 +8,8 @@
 //! `limit + burst` in any window of one `period`, and `burst + limit·t/period` over a long run
 //! of length `t`. Refunds move the TAT back (never before `now`), debts move it forward.
 //!
-//! The Redis limiter runs the same arithmetic in Lua (`scripts/admit.lua`,
-//! `scripts/settle.lua`) with Redis's clock; [`LocalLimiter`] runs it here with a monotonic
-//! clock. Times are microseconds held in `f64` (exact to well below a microsecond for any
+//! The Redis limiter runs the same arithmetic in Lua (`scripts/limits.lua`) with Redis's
+//! clock; [`LocalLimiter`] runs it here with a monotonic clock. Times are microseconds held in `f64` (exact to well below a microsecond for any
 //! Unix time in µs).
 
 use std::collections::HashMap;

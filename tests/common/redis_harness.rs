@@ -106,7 +106,10 @@ impl RedisServer {
         wait_until(
             "redis-server to answer PING",
             Duration::from_secs(5),
-            || raw_command(port, "PING").is_some_and(|r| r.starts_with("+PONG")),
+            || {
+                raw_command(port, "PING")
+                    .is_some_and(|r| r.starts_with("+PONG") || r.contains("NOAUTH"))
+            },
         );
     }
 
