@@ -1,6 +1,7 @@
 """What rate limiting costs: llmux.acompletion throughput with no limit, with an in-process
-limit, and with a distributed limit in Redis (rpm + tpm + parallel requests, high enough never
-to refuse, so every call is admitted and settled).
+limit, and with a distributed limit in Redis (rpm + tpm + parallel requests; rpm + tpm; rpm
+only), every limit high enough never to refuse, so every call is admitted (and settled when it
+has tokens or a parallel slot to give back).
 
 Each configuration runs in its own interpreter against one fake upstream, at concurrency 64,
 after a warm-up; the table gives requests/s and the ratio to the run without a limit. The
@@ -26,17 +27,20 @@ CHILD = textwrap.dedent(
     import asyncio, json, sys, time
     import llmux
 
-    base, mode, redis_url, warm, dur = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
-    conc = int(sys.argv[6])
-    limits = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "max_parallel_requests": 10**6}
+    base, mode, redis_url = sys.argv[1], sys.argv[2], sys.argv[3]
+    warm, dur, conc = float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+    rpm = {"requests_per_minute": 10**9}
+    tpm = {**rpm, "tokens_per_minute": 10**12}
+    full = {**tpm, "max_parallel_requests": 10**6}
+    shared = {"distributed": True, "on_redis_failure": "closed"}
     if mode == "local":
-        llmux.set_rate_limit(limits)
+        llmux.set_rate_limit(full)
     elif mode == "redis":
-        llmux.set_rate_limit({**limits, "distributed": True, "on_redis_failure": "closed"}, {"url": redis_url})
+        llmux.set_rate_limit({**full, **shared}, {"url": redis_url})
+    elif mode == "redis-rpm-tpm":
+        llmux.set_rate_limit({**tpm, **shared}, {"url": redis_url})
     elif mode == "redis-rpm-only":
-        llmux.set_rate_limit(
-            {"requests_per_minute": 10**9, "distributed": True, "on_redis_failure": "closed"}, {"url": redis_url}
-        )
+        llmux.set_rate_limit({**rpm, **shared}, {"url": redis_url})
     msgs = [{"role": "user", "content": "hi"}]
 
     async def worker(stop, counts):
@@ -87,7 +91,7 @@ def main() -> None:
     a = p.parse_args()
     from llmux.testing import FakeUpstream
 
-    modes = ["off", "local", "redis", "redis-rpm-only"]
+    modes = ["off", "local", "redis", "redis-rpm-tpm", "redis-rpm-only"]
     best: dict = {}
     redis_url, redis_proc = start_redis()
     try:
@@ -120,7 +124,8 @@ def main() -> None:
             redis_proc.kill()
     base = best["off"]
     print(
-        f"# rate limit overhead (async unary, concurrency {a.concurrency}, best of {a.rounds} rounds of {a.duration:g} s)\n"
+        f"# rate limit overhead (async unary, concurrency {a.concurrency}, "
+        f"best of {a.rounds} rounds of {a.duration:g} s)\n"
     )
     print("| configuration | req/s | vs no limit |")
     print("|---|---:|---:|")
