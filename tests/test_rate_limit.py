@@ -139,7 +139,7 @@ def test_distributed_sdk_limit_is_shared_with_another_process(fake, redis, key):
         "requests_per_minute": 6,
         "distributed": True,
         "key_strategy": "model",
-        "redis": {"url": redis.url},
+        "redis": {"url": redis.url, "command_timeout": 2},
     }
     llmux.set_rate_limit(cfg)
     assert sum(1 for _ in range(4) if _try(lambda: call(fake, key))) == 4
@@ -204,7 +204,13 @@ def test_router_rate_limit_block_limits_each_caller(fake, key):
 def test_router_deployment_limits_hold_across_processes(fake, redis, key):
     # Two OS processes, one Redis: the deployment's 10 rpm is admitted 10 times in all.
     model_list = [dep(fake, key, "only", rpm=10)]
-    cfg = {"model_list": model_list, "router": {"redis_url": redis.url}, "group": "g", "mode": "seq", "n": 12}
+    cfg = {
+        "model_list": model_list,
+        "router": {"redis": {"url": redis.url, "command_timeout": 2}},
+        "group": "g",
+        "mode": "seq",
+        "n": 12,
+    }
     cfg["start_at"] = time.time() + 2.0
     procs = [
         subprocess.Popen([sys.executable, WORKER, json.dumps(cfg)], stdout=subprocess.PIPE, text=True)
@@ -218,3 +224,14 @@ def test_router_deployment_limits_hold_across_processes(fake, redis, key):
     assert results.count("only") == 10, results
     assert results.count("RateLimitError") == 14
     assert fake.stats(key)["requests"] == 10
+
+
+def test_a_small_tpm_deployment_still_takes_a_call_without_max_tokens(fake, key):
+    # The default output reserve (1024) is capped at the limit: a 500-TPM deployment is not
+    # refused for good (LiteLLM's default reservation once 429'd every key under 1024 TPM).
+    router = llmux.Router(model_list=[dep(fake, key, "small", tpm=500)])
+    r = router.completion(model="g", messages=MSGS)
+    assert r._hidden_params["model_id"] == "small"
+    # The real usage was settled: a few tokens, so another call fits at once.
+    time.sleep(0.05)
+    assert router.completion(model="g", messages=MSGS)._hidden_params["model_id"] == "small"

@@ -40,7 +40,7 @@ def test_four_processes_share_one_limit_exactly(fake, key):
                 "key_strategy": "model",
                 "on_redis_failure": "closed",
             },
-            "redis": {"url": redis.url},
+            "redis": {"url": redis.url, "command_timeout": 2},
             "base_url": fake.base_url,
             "key": key,
             "callers": CALLERS,

@@ -8,7 +8,7 @@
 //! - cooling down (`cooldown_remaining.is_some()`);
 //! - `rpm` set and `requests_this_minute >= rpm` (exactly `rpm` requests are admitted per
 //!   minute; LiteLLM issue #33032 stops one early with `+1 >=`);
-//! - `tpm` set and `tokens_this_minute + est_tokens > tpm`.
+//! - `tpm` set and `tokens_this_minute + min(est_tokens, tpm) > tpm`.
 //!
 //! A deployment's declared limits are hard for every strategy, not only usage-based routing.
 //! Ties are broken by `u` among the tied candidates, in candidate order.
@@ -112,7 +112,9 @@ pub fn eligible(c: &Candidate<'_>, est_tokens: u64) -> bool {
         }
     }
     if let Some(tpm) = c.tpm {
-        if s.tokens_this_minute.saturating_add(est_tokens) > tpm {
+        // The estimate is capped at the limit, as the limiter caps its reservation: a request
+        // larger than a whole minute's tokens still goes to an idle deployment.
+        if s.tokens_this_minute.saturating_add(est_tokens.min(tpm)) > tpm {
             return false;
         }
     }
@@ -559,8 +561,9 @@ mod tests {
             assert_eq!(pick(&strat, &[a.clone()], 100, 0.0), Some(0));
             assert_eq!(pick(&strat, &[a.clone()], 101, 0.0), None);
             assert_eq!(pick(&strat, &[a.clone(), b.clone()], 101, 0.0), Some(1));
-            // Larger than the whole limit: never admitted.
-            assert_eq!(pick(&strat, &[b.clone()], 1_001, 0.0), None);
+            // Larger than the whole limit: capped at it, so an idle deployment takes it.
+            assert_eq!(pick(&strat, &[b.clone()], 1_001, 0.0), Some(0));
+            assert_eq!(pick(&strat, &[a.clone()], 1_001, 0.0), None);
         }
     }
 
