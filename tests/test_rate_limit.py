@@ -232,6 +232,11 @@ def test_a_small_tpm_deployment_still_takes_a_call_without_max_tokens(fake, key)
     router = llmux.Router(model_list=[dep(fake, key, "small", tpm=500)])
     r = router.completion(model="g", messages=MSGS)
     assert r._hidden_params["model_id"] == "small"
-    # The real usage was settled: a few tokens, so another call fits at once.
+    # The real usage (a few tokens) was settled: a call reserving 100 more fits at once, where
+    # the whole 500 reserved by the first call would not have.
     time.sleep(0.05)
-    assert router.completion(model="g", messages=MSGS)._hidden_params["model_id"] == "small"
+    assert router.completion(model="g", messages=MSGS, max_tokens=100)._hidden_params["model_id"] == "small"
+    # A second full-size reservation waits for the tokens the first call used to flow back.
+    with pytest.raises(RateLimitError) as e:
+        router.completion(model="g", messages=MSGS)
+    assert 0 < e.value.retry_after < 60

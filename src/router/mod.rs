@@ -1,8 +1,9 @@
 //! The Router: LiteLLM's `Router` over routing statistics shared through [`ClusterStats`].
 //!
-//! A call names a model group; the router filters the group's deployments (cooled down, over
-//! their rpm/tpm, at `max_parallel_requests`, tags), picks one with the configured
-//! [`Strategy`], and calls the pipeline with that deployment's model and credentials. It is the
+//! A call names a model group; the router filters the group's deployments (cooled down, tags),
+//! picks one with the configured [`Strategy`], admits the attempt against the deployment's own
+//! rpm / tpm / `max_parallel_requests` with its limiter (a deployment that refuses is skipped
+//! for another), and calls the pipeline with that deployment's model and credentials. It is the
 //! only retry loop (the pipeline's own retries are off): a retryable failure is retried, on
 //! another deployment when one is available, while the [`RetryBudget`] allows; the deployment
 //! that failed may cool down (`allowed_fails` failures in a minute, or at once on 429, 401,
@@ -342,14 +343,10 @@ impl Router {
                 }
             }
         }
-        let parallel_ok = |d: &Deployment, s: &DeploymentStats| {
-            d.max_parallel_requests.is_none_or(|m| s.in_flight < m)
-        };
         let candidates: Vec<(usize, Candidate<'_>)> = pool
             .iter()
             .zip(&snap)
             .enumerate()
-            .filter(|(_, (d, s))| parallel_ok(d, s))
             .map(|(i, (d, s))| {
                 (
                     i,
@@ -360,6 +357,8 @@ impl Router {
                         tpm: d.tpm,
                         cost_per_token: d.cost_per_token,
                         stats: s,
+                        // The limiter admits each attempt against the deployment's limits.
+                        check_limits: false,
                     },
                 )
             })
@@ -373,21 +372,15 @@ impl Router {
         ) {
             Some(k) => Ok(Some(pool[candidates[k].0].clone())),
             None => {
-                // Cooling down: until the first cooldown ends. Full for this minute (the
-                // stats' windows are wall-clock minutes): until the next minute starts.
-                let cooling = snap.iter().filter_map(|s| s.cooldown_remaining).min();
-                let wait = cooling.or_else(|| Some(until_next_minute()));
+                // Only cooldowns make candidates ineligible here (limits are the limiter's).
+                let wait = snap.iter().filter_map(|s| s.cooldown_remaining).min();
                 let mut e = Error::new(
                     ErrorKind::RateLimited,
                     format!(
-                        "No deployments available for selected model, Try again in {} seconds. Passed model={}. {}",
+                        "No deployments available for selected model, Try again in {} seconds. Passed model={}. \
+                         All deployments are cooling down.",
                         wait.map_or(1, |w| w.as_secs().max(1)),
                         call.group,
-                        if cooling.is_some() {
-                            "All deployments are cooling down or at their limits."
-                        } else {
-                            "All deployments are at their rpm/tpm or parallel-request limits."
-                        }
                     ),
                 )
                 .with_retry_after(wait);
@@ -797,14 +790,6 @@ impl Router {
             self.settings.timeout
         }
     }
-}
-
-/// Time left in the current wall-clock minute.
-fn until_next_minute() -> Duration {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_millis(60_000 - (now.as_millis() % 60_000) as u64)
 }
 
 /// Removes LiteLLM's fallback-testing switches from `params`; the kind of failure to force.

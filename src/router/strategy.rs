@@ -10,7 +10,9 @@
 //!   minute; LiteLLM issue #33032 stops one early with `+1 >=`);
 //! - `tpm` set and `tokens_this_minute + min(est_tokens, tpm) > tpm`.
 //!
-//! A deployment's declared limits are hard for every strategy, not only usage-based routing.
+//! A deployment's declared limits are hard for every strategy, not only usage-based routing,
+//! when the candidate asks for them to be checked here (`check_limits`); the router leaves them
+//! to its limiter instead.
 //! Ties are broken by `u` among the tied candidates, in candidate order.
 
 use crate::error::{Error, Result};
@@ -97,6 +99,9 @@ pub struct Candidate<'a> {
     /// (input, output) USD per token from the price table or the deployment's overrides
     pub cost_per_token: Option<(f64, f64)>,
     pub stats: &'a DeploymentStats,
+    /// Whether `rpm` / `tpm` are checked here against this minute's stats. The router leaves
+    /// them to its limiter (exact, atomic), and they only weigh and score candidates then.
+    pub check_limits: bool,
 }
 
 /// Whether `c` may take a request of `est_tokens` now: not cooling down, under its `rpm` and
@@ -105,6 +110,9 @@ pub fn eligible(c: &Candidate<'_>, est_tokens: u64) -> bool {
     let s = c.stats;
     if s.cooldown_remaining.is_some() {
         return false;
+    }
+    if !c.check_limits {
+        return true;
     }
     if let Some(rpm) = c.rpm {
         if s.requests_this_minute >= rpm {
@@ -297,6 +305,7 @@ mod tests {
             tpm: None,
             cost_per_token: None,
             stats,
+            check_limits: true,
         }
     }
 
