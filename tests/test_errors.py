@@ -308,6 +308,9 @@ def test_ctrl_c_interrupts_a_sync_call(fake, key, tmp_path):
     script = tmp_path / "sigint.py"
     script.write_text(
         "import os, signal, threading, time, llmux\n"
+        # A runner that starts tests in the background hands them SIGINT ignored; Ctrl-C is
+        # what is tested, so restore Python's own handler.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
         "t0 = time.monotonic()\n"
         "try:\n"
