@@ -106,6 +106,21 @@ async fn a_burst_admits_exactly_the_burst() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_of_exactly_the_burst_passes_an_idle_limit() {
+    let server = RedisServer::start(&[]);
+    let l = limiter(url(&server), FailPolicy::Closed).await;
+    // 13 per minute: the tolerance 13 x (60 s / 13) is not exact in floating point.
+    for limit in [13u64, 27, 41] {
+        let s = ScopeLimits {
+            tpm: Some(Rate::per_minute(limit)),
+            ..ScopeLimits::new(format!("exact-{limit}"))
+        };
+        let t = admit(&l, demand(vec![s], 10_000)).await.unwrap();
+        t.settle_now(limit).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_limits_of_a_request_or_none() {
     let server = RedisServer::start(&[]);
     let l = limiter(url(&server), FailPolicy::Closed).await;
@@ -270,7 +285,9 @@ async fn an_outage_follows_each_policy_and_recovers_by_itself() {
     let mut slowest = Duration::ZERO;
     let (mut open_ok, mut closed_ok, mut local_ok) = (0, 0, 0);
     let mut closed_wait = None;
+    let mut rounds = 0u64;
     while outage.elapsed() < Duration::from_secs(10) {
+        rounds += 1;
         for (l, n, ok) in [
             (&open, "o", &mut open_ok),
             (&closed, "c", &mut closed_ok),
@@ -313,7 +330,11 @@ async fn an_outage_follows_each_policy_and_recovers_by_itself() {
     for l in [&open, &closed, &local] {
         let s = l.stats();
         assert!(s.breaker_open && s.breaker_trips >= 1, "{s:?}");
-        assert!(s.redis_errors < 40, "the breaker spares Redis calls: {s:?}");
+        // Heartbeats (5 a second here) and one probe at a time reach Redis; calls do not.
+        assert!(
+            s.redis_errors * 10 < rounds,
+            "the breaker spares Redis calls: {s:?} over {rounds} calls"
+        );
     }
 
     server.restart();

@@ -115,6 +115,15 @@ struct Scripts {
     heartbeat: Script,
 }
 
+/// Clears a flag when dropped (a future holding it may be cancelled at any await).
+struct ResetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// The most requests one script call decides.
 const MAX_BATCH: usize = 256;
 
@@ -235,6 +244,11 @@ impl Breaker {
         }
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let was_open = s.open_until.is_some();
+        if was_open && !probe {
+            // Another failure of the same outage (a call already in flight, a heartbeat):
+            // the breaker is open already; only probes move the back-off.
+            return;
+        }
         s.open_until = Some(Instant::now() + s.backoff);
         s.backoff = (s.backoff * 2).min(BREAKER_MAX);
         if !was_open {
@@ -275,6 +289,8 @@ pub struct RedisLimiter {
     label: String,
     /// Queues of the batchers (one server or Sentinel; Cluster calls per scope instead).
     jobs: mpsc::UnboundedSender<Job>,
+    /// This limiter, for background work it starts (undoing admissions whose answer was lost).
+    me: std::sync::Weak<RedisLimiter>,
 }
 
 impl fmt::Debug for RedisLimiter {
@@ -311,7 +327,7 @@ impl RedisLimiter {
         pool: Option<RedisPool>,
     ) -> Arc<Self> {
         let (jobs, rx) = mpsc::unbounded_channel();
-        let me = Arc::new(Self::new(config, opts, pool, jobs));
+        let me = Arc::new_cyclic(|me| Self::new(config, opts, pool, jobs, me.clone()));
         me.beat().await;
         Self::spawn_heartbeat(&me);
         tokio::spawn(batches(Arc::downgrade(&me), rx));
@@ -323,10 +339,12 @@ impl RedisLimiter {
         opts: RedisLimiterOptions,
         pool: Option<RedisPool>,
         jobs: mpsc::UnboundedSender<Job>,
+        me: std::sync::Weak<RedisLimiter>,
     ) -> Self {
         let label = format!("{:?}", config.target);
         RedisLimiter {
             jobs,
+            me,
             config,
             pool: RwLock::new(pool),
             connecting: AtomicBool::new(false),
@@ -376,9 +394,9 @@ impl RedisLimiter {
                 format!("redis {}: connecting", self.label),
             ));
         }
-        let out = RedisPool::connect(&self.config).await;
-        self.connecting.store(false, Ordering::Release);
-        let pool = out?;
+        // Reset even when the caller is cancelled mid-connect.
+        let _reset = ResetOnDrop(&self.connecting);
+        let pool = RedisPool::connect(&self.config).await?;
         *self.pool.write().unwrap_or_else(PoisonError::into_inner) = Some(pool.clone());
         Ok(pool)
     }
@@ -450,7 +468,13 @@ impl RedisLimiter {
                 args.extend([
                     num(c.rpm_interval_us.unwrap_or(0.0)),
                     num(c.tpm_interval_us.unwrap_or(0.0)),
-                    if r.undo { 0 } else { r.used }.to_string(),
+                    if r.undo {
+                        "0".to_owned()
+                    } else if r.used == super::KEEP_RESERVATION {
+                        "-1".to_owned()
+                    } else {
+                        r.used.to_string()
+                    },
                     if c.needs_settle() { "1" } else { "0" }.to_owned(),
                 ]);
             }
@@ -744,6 +768,8 @@ impl RedisLimiter {
             Gate::Try => false,
             Gate::Probe => true,
         };
+        // A cancelled probe must not leave the breaker waiting for it forever.
+        let _probe = probe.then(|| ResetOnDrop(&self.breaker.probing));
         let out = match self.pool().await {
             Ok(pool) => self.redis_admit(&pool, demand).await,
             Err(e) => Err(e),
@@ -763,9 +789,33 @@ impl RedisLimiter {
                 self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
                 self.breaker
                     .failure(probe, &e, self.opts.policy, &self.label);
+                self.undo_unanswered(demand);
                 self.fallback(demand, BREAKER_MIN)
             }
         }
+    }
+
+    /// An admission whose answer was lost (a timeout) may still have been applied: give back
+    /// what it may have charged, in the background and retried. Only scopes with a reservation
+    /// marker are undone (the marker says whether the admission happened, and makes the undo
+    /// count once); a requests-only scope keeps its charge, erring on the strict side.
+    fn undo_unanswered(&self, demand: &Demand) {
+        let charges: Vec<Charge> = demand
+            .scopes
+            .iter()
+            .filter(|s| s.tpm.is_some() || s.max_parallel.is_some())
+            .map(|s| Charge::of(s, s.token_cost(demand.tokens)))
+            .collect();
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        if charges.is_empty() {
+            return;
+        }
+        let id = demand.request_id.clone();
+        rt.spawn(async move {
+            let _ = me.settle_redis(&id, &charges, 0, true).await;
+        });
     }
 
     async fn settle_redis(

@@ -28,6 +28,10 @@ pub enum Check {
     Deny { retry_after_us: Option<f64> },
 }
 
+/// Slack in µs for float rounding: `τ = burst·T` is rarely exact, and a cost of exactly the
+/// burst must pass an idle limit.
+pub const EPSILON_US: f64 = 1e-3;
+
 /// One GCRA check of `cost` units against a limit with emission interval `t` and tolerance
 /// `tau` (µs), given the stored `tat` (µs, 0 when there is none).
 pub fn check(tat: f64, now: f64, t: f64, tau: f64, cost: f64) -> Check {
@@ -37,7 +41,7 @@ pub fn check(tat: f64, now: f64, t: f64, tau: f64, cost: f64) -> Check {
             retry_after_us: None,
         };
     }
-    if cost * t > tau {
+    if cost * t > tau + EPSILON_US {
         return Check::Deny {
             retry_after_us: None,
         };
@@ -45,13 +49,13 @@ pub fn check(tat: f64, now: f64, t: f64, tau: f64, cost: f64) -> Check {
     let base = tat.max(now);
     let new_tat = base + cost * t;
     let over = new_tat - now - tau;
-    if over > 0.0 {
+    if over > EPSILON_US {
         return Check::Deny {
             retry_after_us: Some(over),
         };
     }
     let remaining = if t > 0.0 {
-        ((tau - (new_tat - now)) / t).floor().max(0.0) as u64
+        ((tau - (new_tat - now) + EPSILON_US) / t).floor().max(0.0) as u64
     } else {
         u64::MAX
     };
@@ -214,7 +218,9 @@ impl LocalLimiter {
             };
             if let Some(t) = c.tpm_interval_us {
                 let used = if undo { 0 } else { used };
-                s.tpm_tat = settle(s.tpm_tat, now, t, c.tokens as f64, used as f64);
+                if used != super::KEEP_RESERVATION {
+                    s.tpm_tat = settle(s.tpm_tat, now, t, c.tokens as f64, used as f64);
+                }
             }
             if undo {
                 if let Some(t) = c.rpm_interval_us {
@@ -259,6 +265,16 @@ mod tests {
             check(tat, now + 1e6, t, tau, 1.0),
             Check::Pass { .. }
         ));
+    }
+
+    #[test]
+    fn a_cost_of_exactly_the_burst_passes_an_idle_limit_despite_rounding() {
+        // 13 per minute: τ = 13·(60e6/13) is not exact in f64.
+        for limit in [11u64, 13, 22, 26, 27, 41, 1_000_003] {
+            let r = super::super::Rate::per_minute(limit);
+            let c = check(0.0, 1.7e15, r.interval_us(), r.tolerance_us(), limit as f64);
+            assert!(matches!(c, Check::Pass { .. }), "limit {limit}: {c:?}");
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub use gcra::LocalLimiter;
 
 /// Output tokens reserved for a request that declares no cap (then capped at the limit).
 pub const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
+/// `used` for a settle that keeps the reservation as charged (a call abandoned before its
+/// usage was known) and only gives back its parallel slot.
+pub const KEEP_RESERVATION: u64 = u64::MAX;
 /// The wait suggested to a request refused for too many parallel requests.
 pub const PARALLEL_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -319,8 +322,9 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
         demand: &'a Demand,
     ) -> BoxFuture<'a, Result<std::result::Result<Admitted, Denial>>>;
 
-    /// Settles an admission: `used` tokens replace the reservation; `undo` also gives back the
-    /// request itself. Idempotent: a settle applied twice (a retried call) counts once.
+    /// Settles an admission: `used` tokens replace the reservation ([`KEEP_RESERVATION`] keeps
+    /// it as charged); `undo` also gives back the request itself. Idempotent: a settle applied
+    /// twice (a retried call) counts once.
     fn settle<'a>(
         &'a self,
         request_id: &'a str,
@@ -441,9 +445,24 @@ impl Ticket {
         self.settle_inner(used, false).await
     }
 
-    /// Gives the whole admission back (a request admitted here but refused elsewhere).
+    /// Gives the whole admission back (a request admitted but never sent: refused elsewhere).
     pub async fn undo(self) -> Result<()> {
         self.settle_inner(0, true).await
+    }
+
+    /// Gives the whole admission back in the background.
+    pub fn undo_later(self) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = self.undo().await {
+                        tracing::warn!(error = %e, "rate limiter: undo failed");
+                    }
+                });
+            }
+            // Outside a runtime: keep the charge (conservative), release the slot.
+            Err(_) => Self::spawn_settle(self, KEEP_RESERVATION),
+        }
     }
 
     async fn settle_inner(mut self, used: u64, undo: bool) -> Result<()> {
@@ -469,7 +488,26 @@ impl Ticket {
         let Some(i) = ticket.inner.take() else {
             return;
         };
-        let rt = i.runtime.clone();
+        let rt = i
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        let Some(rt) = rt else {
+            // No runtime to wait on: only a settle that needs no I/O can be done here.
+            if i.admitted.placement == Placement::Primary {
+                tracing::warn!(
+                    "rate limiter: a settle was dropped outside a runtime; its lease will expire"
+                );
+            } else {
+                let _ = futures_util::FutureExt::now_or_never(i.limiter.settle(
+                    &i.request_id,
+                    &i.admitted,
+                    used,
+                    false,
+                ));
+            }
+            return;
+        };
         let mut fut = Box::pin(async move {
             if let Err(e) = i
                 .limiter
@@ -479,20 +517,15 @@ impl Ticket {
                 tracing::warn!(error = %e, "rate limiter: settle failed");
             }
         });
-        // A local settle finishes at once; only one that waits for Redis is spawned.
+        // A local settle finishes at once; only one that waits for Redis is spawned. The first
+        // poll runs inside the runtime's context (timers, spawns).
+        let _entered = rt.enter();
         let waker = futures_util::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
         if fut.as_mut().poll(&mut cx).is_ready() {
             return;
         }
-        match rt.or_else(|| tokio::runtime::Handle::try_current().ok()) {
-            Some(rt) => {
-                rt.spawn(fut);
-            }
-            None => tracing::warn!(
-                "rate limiter: a settle was dropped outside a runtime; its lease will expire"
-            ),
-        }
+        rt.spawn(fut);
     }
 }
 
@@ -501,12 +534,11 @@ impl Drop for Ticket {
         if self.done.load(Ordering::Acquire) || self.inner.is_none() {
             return;
         }
-        let reserved = self.reserved();
         let ticket = Ticket {
             inner: self.inner.take(),
             done: AtomicBool::new(false),
         };
-        Self::spawn_settle(ticket, reserved);
+        Self::spawn_settle(ticket, KEEP_RESERVATION);
     }
 }
 
@@ -948,6 +980,21 @@ mod tests {
             wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
             "{wait:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_call_keeps_only_what_it_reserved() {
+        let l: Arc<dyn RateLimiter> = Arc::new(LocalLimiter::new());
+        let s = ScopeLimits {
+            tpm: Some(Rate::per_minute(1000)),
+            ..ScopeLimits::new("k")
+        };
+        // Asks for 5000, reserves the burst (1000), and is dropped unsettled.
+        drop(admit(&l, demand(vec![s.clone()], 5000)).await.unwrap());
+        let e = admit(&l, demand(vec![s.clone()], 100)).await.unwrap_err();
+        // The 1000 reserved stay charged (100 tokens flow back in 6 s), not a debt of 5000.
+        let wait = e.retry_after.unwrap();
+        assert!(wait <= Duration::from_secs(6), "{wait:?}");
     }
 
     #[tokio::test]

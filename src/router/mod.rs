@@ -456,9 +456,7 @@ impl Router {
         Fut: std::future::Future<Output = (Result<T>, Settle)>,
     {
         if !self.group_exists(group) {
-            return Err(Error::bad_request(format!(
-                "Invalid model name passed in model={group}. Call `router.get_model_names()` for the available groups."
-            )));
+            return Err(unknown_group(group));
         }
         let deadline = Instant::now() + timeout;
         self.budget.record_request();
@@ -557,13 +555,25 @@ impl Router {
                     Err(e) => return Err(e),
                 }
             };
-            let before = self
-                .stats
-                .snapshot(std::slice::from_ref(&d.id))
-                .await?
-                .pop()
-                .unwrap_or_default();
-            self.stats.begin(&d.id).await?;
+            let begun = async {
+                let before = self
+                    .stats
+                    .snapshot(std::slice::from_ref(&d.id))
+                    .await?
+                    .pop()
+                    .unwrap_or_default();
+                self.stats.begin(&d.id).await?;
+                Ok::<_, Error>(before)
+            }
+            .await;
+            let before = match begun {
+                Ok(b) => b,
+                Err(e) => {
+                    // Nothing was sent: the deployment's admission is given back.
+                    ticket.undo_later();
+                    return Err(e);
+                }
+            };
             let started = Instant::now();
             let (result, settle) = attempt(d.clone(), call.deadline, ticket).await;
             let tokens = match settle {
@@ -634,6 +644,9 @@ impl Router {
         let est = limiter::reservation(&req);
         let group = req.model.clone();
         let timeout = self.timeout_for(opts);
+        if !self.group_exists(&group) {
+            return Err(unknown_group(&group));
+        }
         let call_ticket = self.admit_call(opts, &req.params, &group, est).await?;
         let out = self
             .route(&group, tags, est, timeout, false, |d, deadline, ticket| {
@@ -666,7 +679,7 @@ impl Router {
             .ok()
             .and_then(|r| r.value.response.usage.as_ref())
             .map_or(0, |u| u.total_tokens);
-        call_ticket.settle(used);
+        settle_call(call_ticket, &out, used);
         out
     }
 
@@ -682,6 +695,9 @@ impl Router {
         let group = req.model.clone();
         let timeout = self.timeout_for(opts);
         let stats = self.stats.clone();
+        if !self.group_exists(&group) {
+            return Err(unknown_group(&group));
+        }
         let call_ticket = self.admit_call(opts, &req.params, &group, est).await?;
         let out = self
             .route(&group, tags, est, timeout, true, |d, deadline, ticket| {
@@ -740,8 +756,9 @@ impl Router {
                 Ok(routed)
             }
             Err(e) => {
-                call_ticket.settle(0);
-                Err(e)
+                let out = Err(e);
+                settle_call(call_ticket, &out, 0);
+                out
             }
         }
     }
@@ -755,6 +772,9 @@ impl Router {
         let group = req.model.clone();
         let timeout = self.timeout_for(opts);
         let est = limiter::embedding_reservation(&req.input);
+        if !self.group_exists(&group) {
+            return Err(unknown_group(&group));
+        }
         let call_ticket = self.admit_call(opts, &req.params, &group, est).await?;
         let out = self
             .route(&group, tags, est, timeout, false, |d, deadline, ticket| {
@@ -778,7 +798,7 @@ impl Router {
             .ok()
             .and_then(|r| r.value.response.usage.as_ref())
             .map_or(0, |u| u.total_tokens);
-        call_ticket.settle(used);
+        settle_call(call_ticket, &out, used);
         out
     }
 
@@ -789,6 +809,23 @@ impl Router {
         } else {
             self.settings.timeout
         }
+    }
+}
+
+fn unknown_group(group: &str) -> Error {
+    Error::bad_request(format!(
+        "Invalid model name passed in model={group}. Call `router.get_model_names()` for the available groups."
+    ))
+}
+
+/// Settles a call's own admission: a call refused by every deployment's limits was never sent,
+/// so it is given back whole; any other call is charged with what it used.
+fn settle_call<T>(ticket: Ticket, out: &Result<T>, used: u64) {
+    match out {
+        Err(e) if e.kind == ErrorKind::RateLimited && e.provider.as_deref() == Some("router") => {
+            ticket.undo_later()
+        }
+        _ => ticket.settle(used),
     }
 }
 

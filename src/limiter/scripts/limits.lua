@@ -7,8 +7,8 @@
 -- ones a settle changes).
 -- ARGV[1] number of settles, ARGV[2] number of admissions, ARGV[3] lease ms, ARGV[4] marker
 -- TTL ms; then per settle: request id, 1 to undo the request itself (else 0), its number of
--- scopes, and four per scope: requests interval, tokens interval (µs, 0 = none), tokens used,
--- 1 when the scope holds a marker; then per admission: request id, its number of scopes, and
+-- scopes, and four per scope: requests interval, tokens interval (µs, 0 = none), tokens used
+-- (-1: keep the reservation as charged), 1 when the scope holds a marker; then per admission: request id, its number of scopes, and
 -- six per scope: requests interval, requests tolerance, tokens interval, tokens tolerance (µs;
 -- interval 0 = no such limit), token cost, max parallel (0 = none).
 --
@@ -40,10 +40,11 @@ local function gcra(key, interval, tolerance, cost)
   local tat = tonumber(redis.call('GET', key) or '0')
   if tat < now then tat = now end
   local new = tat + cost * interval
-  if new - now > tolerance then
+  -- 0.001 µs of slack: tolerance = burst * interval is rarely exact in floating point.
+  if new - now > tolerance + 0.001 then
     return nil, new - tolerance - now
   end
-  return new, math.floor((tolerance - (new - now)) / interval)
+  return new, math.floor((tolerance - (new - now) + 0.001) / interval)
 end
 
 -- One settle: its scopes' arguments start after ARGV[a], its keys after KEYS[k].
@@ -60,7 +61,7 @@ local function settle(id, undo, n, a, k)
       redis.call('DEL', KEYS[ki + 4])
       settled = settled + 1
       local delta = used - tonumber(reserved)
-      if tt > 0 and delta ~= 0 then
+      if tt > 0 and used >= 0 and delta ~= 0 then
         local tat = tonumber(redis.call('GET', KEYS[ki + 2]) or '0')
         if delta < 0 then
           tat = math.max(tat + delta * tt, now)
@@ -96,7 +97,7 @@ local function admit(id, n, a, k)
       if rem_req < 0 or rem < rem_req then rem_req = rem; reset_req = new - now end
     end
     if tt > 0 then
-      if cost * tt > ttau then return {0, i, 2, -1, 0} end
+      if cost * tt > ttau + 0.001 then return {0, i, 2, -1, 0} end
       local new, rem = gcra(KEYS[ki + 2], tt, ttau, cost)
       if not new then return {0, i, 2, math.ceil(rem), 0} end
       writes[#writes + 1] = {KEYS[ki + 2], new}
