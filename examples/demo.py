@@ -2,7 +2,8 @@
 
 Run with ``make demo``. Shows a unary call, a stream arriving chunk by chunk, an async
 fan-out, tool calls, embeddings, and errors: a rate limit retried after the upstream's hint,
-a quota error that is never retried, and an HTML error page classified.
+a quota error that is never retried, and an HTML error page classified; then the Router, rate
+limits per user, and the response cache.
 """
 
 from __future__ import annotations
@@ -205,6 +206,30 @@ def main() -> None:
             r._hidden_params["additional_headers"]["x-litellm-attempted-fallbacks"],
             "fallback(s)",
         )
+
+        title("9. rate limits (in process here; `distributed: True` shares them through Redis)")
+        llmux.set_rate_limit({"requests_per_minute": 3, "tokens_per_minute": 5000, "key_strategy": "user"})
+        outcomes = []
+        for user in ["alice"] * 5 + ["bob"]:
+            try:
+                llmux.completion(model="openai/gpt-4o-mini", messages=MSGS, api_base=base, user=user)
+                outcomes.append(f"{user}: ok")
+            except llmux.RateLimitError as e:
+                outcomes.append(f"{user}: 429, retry in {e.retry_after:.0f} s")
+        print("calls   :", "; ".join(outcomes))
+        stats = llmux.rate_limit_stats() or {}
+        print(f"limiter : {stats.get('admitted')} admitted, {stats.get('denied')} refused")
+        llmux.set_rate_limit(None)
+
+        title("10. response cache: the repeat never reaches the upstream")
+        llmux.cache = llmux.Cache()
+        question = [{"role": "user", "content": "What is cached?"}]
+        first = llmux.completion(model="openai/gpt-4o-mini", messages=question, api_base=base)
+        again = llmux.completion(model="openai/gpt-4o-mini", messages=question, api_base=base)
+        for name, r in [("first   ", first), ("repeat  ", again)]:
+            hidden = r._hidden_params
+            print(f"{name}: cost ${hidden['response_cost']:.6f}, cache_hit {hidden.get('cache_hit', False)}")
+        llmux.disable_cache()
     print("\ndone.")
 
 
