@@ -183,6 +183,13 @@ pub struct Completed<T> {
     pub elapsed: Duration,
 }
 
+impl<T: Priced> Completed<T> {
+    /// Tokens the upstream reported for the call, when it reported usage.
+    pub fn total_tokens(&self) -> Option<u64> {
+        self.response.usage().map(|u| u.total_tokens)
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails for good, or the deadline passes.
 async fn with_retries<T, F, Fut>(
     opts: &CallOptions,
@@ -496,7 +503,7 @@ pub async fn completion(req: ChatRequest, opts: &CallOptions) -> Result<Complete
 }
 
 /// Who is calling, for rate limits: the API key (hashed), the OpenAI `user`, the team.
-fn caller_of(params: &Map<String, Value>, opts: &CallOptions) -> Caller {
+pub(crate) fn caller_of(params: &Map<String, Value>, opts: &CallOptions) -> Caller {
     limiter::caller_of(
         params,
         opts.endpoint.api_key.as_ref().map(|k| k.expose()),
@@ -505,7 +512,7 @@ fn caller_of(params: &Map<String, Value>, opts: &CallOptions) -> Caller {
 }
 
 /// A denial names the model the caller asked for.
-fn denied(e: Error, model: &str) -> Error {
+pub(crate) fn denied(e: Error, model: &str) -> Error {
     let mut e = e;
     e.model = Some(model.to_owned());
     e
@@ -517,19 +524,28 @@ async fn admitted_unary(req: ChatRequest, opts: &CallOptions) -> Result<Complete
     let Some(admission) = &opts.admission else {
         return unary(req, opts).await;
     };
-    let caller = caller_of(&req.params, opts);
-    let ticket = admission
-        .admit_chat(&request_id(), &caller, &req)
-        .await
-        .map_err(|e| denied(e, &req.model))?;
+    let ticket = admit_chat(admission, &req, opts).await?;
     let out = unary(req, opts).await;
-    let used = out
-        .as_ref()
-        .ok()
-        .and_then(|c| c.response.usage.as_ref())
-        .map_or(0, |u| u.total_tokens);
-    ticket.settle(used);
+    ticket.settle(
+        out.as_ref()
+            .ok()
+            .and_then(Completed::total_tokens)
+            .unwrap_or(0),
+    );
     out
+}
+
+/// Admits a chat request by its caller.
+async fn admit_chat(
+    admission: &Admission,
+    req: &ChatRequest,
+    opts: &CallOptions,
+) -> Result<limiter::Ticket> {
+    let caller = caller_of(&req.params, opts);
+    admission
+        .admit_chat(&request_id(), &caller, req)
+        .await
+        .map_err(|e| denied(e, &req.model))
 }
 
 /// A stream behind the rate limits: settled when it ends with its usage, or, when the caller
@@ -538,11 +554,7 @@ async fn admitted_stream(req: ChatRequest, opts: &CallOptions) -> Result<(ChatSt
     let Some(admission) = &opts.admission else {
         return open_stream(req, opts).await;
     };
-    let caller = caller_of(&req.params, opts);
-    let ticket = admission
-        .admit_chat(&request_id(), &caller, &req)
-        .await
-        .map_err(|e| denied(e, &req.model))?;
+    let ticket = admit_chat(admission, &req, opts).await?;
     let prompt = limiter::estimate_prompt_tokens(&req.messages);
     match open_stream(req, opts).await {
         Ok((mut s, meta)) => {
@@ -603,8 +615,8 @@ async fn unary(req: ChatRequest, opts: &CallOptions) -> Result<Completed<ChatCom
     .await
 }
 
-/// What the pipeline needs from a unary answer to price it.
-trait Priced {
+/// What the pipeline needs from a unary answer to price it (and to settle its limits).
+pub trait Priced {
     fn usage(&self) -> Option<&Usage>;
     fn model(&self) -> &str;
 }
@@ -801,12 +813,12 @@ pub async fn embedding(
         None => limiter::Ticket::none(),
     };
     let out = embedding_call(req, opts).await;
-    let used = out
-        .as_ref()
-        .ok()
-        .and_then(|c| c.response.usage.as_ref())
-        .map_or(0, |u| u.total_tokens);
-    ticket.settle(used);
+    ticket.settle(
+        out.as_ref()
+            .ok()
+            .and_then(Completed::total_tokens)
+            .unwrap_or(0),
+    );
     out
 }
 

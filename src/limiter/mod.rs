@@ -219,8 +219,6 @@ pub struct Charge {
     pub scope: String,
     /// Tokens reserved.
     pub tokens: u64,
-    /// The most this scope charges for one request (its TPM burst).
-    pub token_cap: u64,
     pub rpm_interval_us: Option<f64>,
     pub tpm_interval_us: Option<f64>,
     pub parallel: bool,
@@ -237,7 +235,6 @@ impl Charge {
         Charge {
             scope: limits.scope.clone(),
             tokens,
-            token_cap: limits.tpm.map_or(0, |r| r.capacity()),
             rpm_interval_us: limits.rpm.map(|r| r.interval_us()),
             tpm_interval_us: limits.tpm.map(|r| r.interval_us()),
             parallel: limits.max_parallel.is_some(),
@@ -377,7 +374,6 @@ pub async fn admit(limiter: &Arc<dyn RateLimiter>, demand: Demand) -> Result<Tic
                 limiter: limiter.clone(),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 request_id: demand.request_id,
-                reserved: demand.tokens,
                 admitted,
             }),
             done: AtomicBool::new(false),
@@ -391,7 +387,6 @@ struct TicketInner {
     /// Where to run a settle that waits for I/O (the ticket may be dropped off the runtime).
     runtime: Option<tokio::runtime::Handle>,
     request_id: String,
-    reserved: u64,
     admitted: Admitted,
 }
 
@@ -433,11 +428,6 @@ impl Ticket {
 
     pub fn placement(&self) -> Option<Placement> {
         self.inner.as_ref().map(|i| i.admitted.placement)
-    }
-
-    /// Tokens reserved at admission.
-    pub fn reserved(&self) -> u64 {
-        self.inner.as_ref().map_or(0, |i| i.reserved)
     }
 
     /// Settles with the tokens the call really used, now (tests, and callers that can wait).

@@ -226,11 +226,7 @@ impl Router {
         let Some(cfg) = &self.request_limits else {
             return Ok(Ticket::none());
         };
-        let caller = limiter::caller_of(
-            params,
-            opts.endpoint.api_key.as_ref().map(|k| k.expose()),
-            opts.team.as_deref(),
-        );
+        let caller = pipeline::caller_of(params, opts);
         limiter::admit(
             &self.limiter,
             Demand {
@@ -240,10 +236,7 @@ impl Router {
             },
         )
         .await
-        .map_err(|mut e| {
-            e.model = Some(group.to_owned());
-            e
-        })
+        .map_err(|e| pipeline::denied(e, group))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -664,22 +657,14 @@ impl Router {
                 }
                 async move {
                     let out = pipeline::completion(r, &o).await;
-                    let tokens = out
-                        .as_ref()
-                        .ok()
-                        .and_then(|c| c.response.usage.as_ref())
-                        .map(|u| u.total_tokens);
+                    let tokens = out.as_ref().ok().and_then(Completed::total_tokens);
                     ticket.settle(tokens.unwrap_or(0));
                     (out, Settle::Now(tokens))
                 }
             })
             .await;
-        let used = out
-            .as_ref()
-            .ok()
-            .and_then(|r| r.value.response.usage.as_ref())
-            .map_or(0, |u| u.total_tokens);
-        settle_call(call_ticket, &out, used);
+        let used = out.as_ref().ok().and_then(|r| r.value.total_tokens());
+        settle_call(call_ticket, &out, used.unwrap_or(0));
         out
     }
 
@@ -783,22 +768,14 @@ impl Router {
                 let o = self.options_for(&d, opts, deadline);
                 async move {
                     let out = pipeline::embedding(r, &o).await;
-                    let tokens = out
-                        .as_ref()
-                        .ok()
-                        .and_then(|c| c.response.usage.as_ref())
-                        .map(|u| u.total_tokens);
+                    let tokens = out.as_ref().ok().and_then(Completed::total_tokens);
                     ticket.settle(tokens.unwrap_or(0));
                     (out, Settle::Now(tokens))
                 }
             })
             .await;
-        let used = out
-            .as_ref()
-            .ok()
-            .and_then(|r| r.value.response.usage.as_ref())
-            .map_or(0, |u| u.total_tokens);
-        settle_call(call_ticket, &out, used);
+        let used = out.as_ref().ok().and_then(|r| r.value.total_tokens());
+        settle_call(call_ticket, &out, used.unwrap_or(0));
         out
     }
 
