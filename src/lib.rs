@@ -16,8 +16,12 @@
 //! - [`pipeline`]: `completion`, `completion_stream`, `embedding`: the request pipeline.
 //! - [`hooks`]: the hook pipeline around every call, and the built-in hooks.
 //! - [`cache`]: the response cache (in process or on Redis), a hook on that pipeline.
+//! - [`config`]: config data (model lists, router settings, the gateway's YAML file) into parts.
+//! - [`limiter`], [`redis`], [`router`]: limits, shared state, routing.
+//! - `server` (feature `server`): the OpenAI-compatible HTTP gateway, `llmux serve`.
 
 pub mod cache;
+pub mod config;
 pub mod error;
 pub mod hooks;
 pub mod http;
@@ -31,6 +35,8 @@ pub mod router;
 pub mod streaming;
 pub mod types;
 
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "server")]
 pub mod testing;
 

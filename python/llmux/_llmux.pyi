@@ -25,6 +25,7 @@ __all__ = [
     "model_entry",
     "rate_limit_stats",
     "register_model",
+    "serve",
     "serve_fake_upstream",
     "set_budget",
     "set_cache",
@@ -68,6 +69,9 @@ def error_kinds() -> list[tuple[str, str, bool, int]]:
 
 def serve_fake_upstream(host: str = "127.0.0.1", port: int = 0, threads: int = 2) -> None:
     """Serves the fake OpenAI upstream until SIGINT/SIGTERM; prints ``LISTENING <port>``."""
+
+def serve(config: Any, host: Optional[str] = None, port: Optional[int] = None) -> None:
+    """Serves the gateway from a config file until SIGTERM or Ctrl-C; prints ``LISTENING <port>``."""
 
 @final
 class Bridge:

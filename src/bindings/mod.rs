@@ -14,6 +14,7 @@ mod limits;
 mod pricing;
 mod router;
 mod runtime;
+mod serve;
 mod stream;
 mod testing;
 
@@ -45,6 +46,7 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(limits::rate_limit_stats, m)?)?;
     m.add_function(wrap_pyfunction!(hooks::set_cache, m)?)?;
     m.add_function(wrap_pyfunction!(hooks::cache_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(serve::serve, m)?)?;
     m.add_class::<stream::NativeStream>()?;
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<bridge::TaskHandle>()?;

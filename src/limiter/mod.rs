@@ -365,21 +365,29 @@ impl RateLimiter for LocalLimiter {
 
 /// Admits `demand`, or explains why not. A demand without any limit passes at once.
 pub async fn admit(limiter: &Arc<dyn RateLimiter>, demand: Demand) -> Result<Ticket> {
+    admit_or_deny(limiter, demand)
+        .await?
+        .map_err(Denial::into_error)
+}
+
+/// Admits `demand`, or gives the [`Denial`] itself (for callers that report which limit
+/// refused, such as the gateway's `x-ratelimit-*` headers).
+pub async fn admit_or_deny(
+    limiter: &Arc<dyn RateLimiter>,
+    demand: Demand,
+) -> Result<std::result::Result<Ticket, Denial>> {
     if demand.scopes.iter().all(ScopeLimits::is_empty) {
-        return Ok(Ticket::none());
+        return Ok(Ok(Ticket::none()));
     }
-    match limiter.admit(&demand).await? {
-        Ok(admitted) => Ok(Ticket {
-            inner: Some(TicketInner {
-                limiter: limiter.clone(),
-                runtime: tokio::runtime::Handle::try_current().ok(),
-                request_id: demand.request_id,
-                admitted,
-            }),
-            done: AtomicBool::new(false),
+    Ok(limiter.admit(&demand).await?.map(|admitted| Ticket {
+        inner: Some(TicketInner {
+            limiter: limiter.clone(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            request_id: demand.request_id,
+            admitted,
         }),
-        Err(denial) => Err(denial.into_error()),
-    }
+        done: AtomicBool::new(false),
+    }))
 }
 
 struct TicketInner {

@@ -1,0 +1,484 @@
+//! `llmux serve`: the engine behind an OpenAI-compatible HTTP API (feature `server`).
+//!
+//! Owns the listener, the live configuration and its reloads, and shutdown:
+//! - [`Gateway`] holds the live config ([`Live`]: router, keys, limits, hooks) behind a lock
+//!   that a reload swaps whole, plus what outlives reloads: the shared state (routing stats,
+//!   the limiter, Redis) and the metrics. In-flight requests keep the `Live` they started with.
+//! - [`run`] binds, serves HTTP/1.1 and h2c, watches the config file, and on SIGTERM / SIGINT
+//!   stops accepting, lets in-flight requests and streams finish up to
+//!   `server.shutdown_timeout`, then returns.
+//!
+//! Routes live in [`routes`], auth in [`auth`], error bodies in [`errors`], the SSE writer in
+//! [`sse`], metrics in [`metrics`].
+
+pub mod auth;
+pub mod body;
+pub mod errors;
+pub mod metrics;
+pub mod routes;
+pub mod sse;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::cache::{CacheBackend, CacheHook, CacheSettings, MemoryCache, RedisCache};
+use crate::config::file::{CacheConfig, GatewayConfig, ServerSettings, VirtualKey};
+use crate::config::{self, SharedState};
+use crate::error::{Error, Result};
+use crate::hooks;
+use crate::limiter::{FailPolicy, RateLimitConfig};
+use crate::router::Router;
+
+/// How long a stats lease lives in Redis (a crashed process's in-flight counts expire).
+const STATS_LEASE: Duration = Duration::from_secs(120);
+
+/// One complete configuration, live until a reload replaces it.
+#[derive(Debug)]
+pub struct Live {
+    pub router: Arc<Router>,
+    pub groups: HashSet<String>,
+    /// Model groups in config order (for `/v1/models`).
+    pub group_list: Vec<String>,
+    /// Virtual keys by SHA-256 digest.
+    pub keys: HashMap<[u8; 32], Arc<VirtualKey>>,
+    pub master_digest: Option<[u8; 32]>,
+    pub rate_limit: Option<RateLimitConfig>,
+    pub hooks: Option<Arc<hooks::Pipeline>>,
+    pub cache: Option<Arc<CacheHook>>,
+    pub drop_params: bool,
+    pub server: ServerSettings,
+    pub loaded_at: SystemTime,
+}
+
+/// The gateway: the live config and what outlives reloads.
+pub struct Gateway {
+    live: RwLock<Arc<Live>>,
+    pub shared: SharedState,
+    /// Limits placement fixed at start: `(failure policy, limits kept in process)`.
+    placement: (FailPolicy, bool),
+    redis_source: Option<Value>,
+    pub metrics: metrics::Metrics,
+    config_path: Option<PathBuf>,
+    reload_lock: tokio::sync::Mutex<()>,
+    /// The digest of the file text last applied or refused (the watcher reloads on change).
+    file_digest: Mutex<Option<[u8; 32]>>,
+    pub last_reload_error: Mutex<Option<String>>,
+    cache_cfg: Mutex<Option<(CacheConfig, Arc<CacheHook>)>>,
+    pub shutting_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config_path", &self.config_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn digest(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+impl Gateway {
+    /// Builds the gateway from a parsed config (connecting to Redis when configured).
+    pub async fn new(cfg: GatewayConfig, config_path: Option<PathBuf>) -> Result<Arc<Self>> {
+        let placement =
+            config::limit_placement(cfg.rate_limit.as_ref(), cfg.rate_limit_explicit_local);
+        let shared =
+            config::shared_state(cfg.redis.as_ref(), placement.0, placement.1, STATS_LEASE).await?;
+        let gw = Gateway {
+            live: RwLock::new(Arc::new(Live {
+                router: Arc::new(Router::new(
+                    Vec::new(),
+                    Default::default(),
+                    shared.stats.clone(),
+                    Default::default(),
+                )?),
+                groups: HashSet::new(),
+                group_list: Vec::new(),
+                keys: HashMap::new(),
+                master_digest: None,
+                rate_limit: None,
+                hooks: None,
+                cache: None,
+                drop_params: false,
+                server: ServerSettings::default(),
+                loaded_at: SystemTime::now(),
+            })),
+            shared,
+            placement,
+            redis_source: cfg.redis_source.clone(),
+            metrics: metrics::Metrics::default(),
+            config_path,
+            reload_lock: tokio::sync::Mutex::new(()),
+            file_digest: Mutex::new(None),
+            last_reload_error: Mutex::new(None),
+            cache_cfg: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
+        };
+        let live = gw.build_live(cfg)?;
+        gw.swap(live);
+        Ok(Arc::new(gw))
+    }
+
+    /// The live config (a request holds it for its whole life).
+    pub fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn swap(&self, live: Live) {
+        *self.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(live);
+    }
+
+    fn cache_hook(&self, cfg: Option<&CacheConfig>) -> Option<Arc<CacheHook>> {
+        let mut slot = self
+            .cache_cfg
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(cfg) = cfg else {
+            *slot = None;
+            return None;
+        };
+        // The same cache config keeps its entries across reloads.
+        if let Some((old, hook)) = slot.as_ref() {
+            if old == cfg {
+                return Some(hook.clone());
+            }
+        }
+        let backend: Arc<dyn CacheBackend> = match (&self.shared.redis, cfg.redis) {
+            (Some(pool), true) => Arc::new(RedisCache::new(
+                pool.config().clone(),
+                crate::cache::DEFAULT_PREFIX,
+            )),
+            _ => Arc::new(MemoryCache::new(cfg.max_entries)),
+        };
+        let hook = Arc::new(CacheHook::new(
+            backend,
+            CacheSettings {
+                mode: cfg.mode,
+                namespace: cfg.namespace.clone(),
+                default_ttl: cfg.ttl,
+            },
+        ));
+        *slot = Some((cfg.clone(), hook.clone()));
+        Some(hook)
+    }
+
+    fn build_live(&self, cfg: GatewayConfig) -> Result<Live> {
+        let placement =
+            config::limit_placement(cfg.rate_limit.as_ref(), cfg.rate_limit_explicit_local);
+        if placement != self.placement || cfg.redis_source != self.redis_source {
+            return Err(Error::invalid_config(
+                "redis / rate_limit.distributed / rate_limit.on_redis_failure changed: these need a restart",
+            ));
+        }
+        let mut group_list = Vec::new();
+        for d in &cfg.deployments {
+            if !group_list.contains(&d.group) {
+                group_list.push(d.group.clone());
+            }
+        }
+        let router = Router::new(
+            cfg.deployments,
+            cfg.settings,
+            self.shared.stats.clone(),
+            cfg.budget,
+        )?
+        .with_limits(self.shared.limiter.clone(), None);
+        let cache = self.cache_hook(cfg.cache.as_ref());
+        let hooks = cache.as_ref().map(|c| {
+            let hook: Arc<dyn hooks::Hook> = c.clone();
+            Arc::new(hooks::Pipeline::new(vec![hook]))
+        });
+        Ok(Live {
+            router: Arc::new(router),
+            groups: group_list.iter().cloned().collect(),
+            group_list,
+            keys: cfg
+                .keys
+                .into_iter()
+                .map(|k| (k.digest, Arc::new(k)))
+                .collect(),
+            master_digest: cfg
+                .master_key
+                .as_ref()
+                .map(|k| crate::config::file::key_digest(k.expose())),
+            rate_limit: cfg.rate_limit.filter(RateLimitConfig::is_active),
+            hooks,
+            cache,
+            drop_params: cfg.drop_params,
+            server: cfg.server,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// Applies a config text: all of it, or nothing (the old config stays live).
+    pub fn apply(&self, text: &str) -> Result<()> {
+        let cfg = GatewayConfig::parse(text)?;
+        let live = self.build_live(cfg)?;
+        self.swap(live);
+        Ok(())
+    }
+
+    /// Reloads the config file. `force`: even when its text did not change.
+    pub async fn reload(&self, force: bool) -> Result<bool> {
+        let Some(path) = &self.config_path else {
+            return Err(Error::invalid_config(
+                "the gateway was not started from a config file",
+            ));
+        };
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| Error::invalid_config(format!("cannot read {}: {e}", path.display())))?;
+        let d = digest(&text);
+        {
+            let mut last = self
+                .file_digest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !force && *last == Some(d) {
+                return Ok(false);
+            }
+            *last = Some(d);
+        }
+        match self.apply(&text) {
+            Ok(()) => {
+                self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                *self
+                    .last_reload_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+                tracing::info!(path = %path.display(), "config reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                *self
+                    .last_reload_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(e.message.clone());
+                tracing::error!(path = %path.display(), error = %e.message, "config reload refused; the previous config stays live");
+                Err(e)
+            }
+        }
+    }
+
+    fn note_file(&self, text: &str) {
+        *self
+            .file_digest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(digest(text));
+    }
+
+    /// Checks the file every `interval` and reloads it when its text changed.
+    async fn watch(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        while !self.shutting_down.load(Ordering::Relaxed) {
+            tick.tick().await;
+            // Errors are logged and counted by `reload`.
+            let _ = self.reload(false).await;
+        }
+    }
+}
+
+/// How to start the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub config_path: Option<PathBuf>,
+    /// The config text when there is no file (tests, embedded use).
+    pub config_text: Option<String>,
+    /// Overrides `server.host` (default 0.0.0.0).
+    pub host: Option<String>,
+    /// Overrides `server.port` (default 4000; 0 picks a free port).
+    pub port: Option<u16>,
+}
+
+/// A future that resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A bound gateway, ready to serve.
+pub struct Bound {
+    pub gateway: Arc<Gateway>,
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+/// Reads the config, builds the gateway and binds its address.
+pub async fn bind(opts: &ServeOptions) -> Result<Bound> {
+    let text = match (&opts.config_text, &opts.config_path) {
+        (Some(t), _) => t.clone(),
+        (None, Some(p)) => tokio::fs::read_to_string(p).await.map_err(|e| {
+            Error::invalid_config(format!("cannot read config {}: {e}", p.display()))
+        })?,
+        (None, None) => String::new(),
+    };
+    let cfg = GatewayConfig::parse(&text)?;
+    init_logging(cfg.debug_logs);
+    let host = opts
+        .host
+        .clone()
+        .or_else(|| cfg.server.host.clone())
+        .unwrap_or_else(|| "0.0.0.0".to_owned());
+    let port = opts.port.or(cfg.server.port).unwrap_or(4000);
+    let gateway = Gateway::new(cfg, opts.config_path.clone()).await?;
+    gateway.note_file(&text);
+    let host = if host == "localhost" {
+        "127.0.0.1".to_owned()
+    } else {
+        host
+    };
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| Error::invalid_config(format!("host must be an IP address, got '{host}'")))?;
+    let listener = TcpListener::bind(SocketAddr::new(ip, port))
+        .await
+        .map_err(|e| Error::invalid_config(format!("cannot listen on {host}:{port}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::invalid_config(format!("cannot read the bound address: {e}")))?;
+    let live = gateway.live();
+    if live.master_digest.is_none() {
+        tracing::warn!(
+            "no general_settings.master_key: the gateway accepts requests without a key"
+        );
+    }
+    tracing::info!(%addr, models = live.group_list.len(), keys = live.keys.len(), "llmux gateway listening");
+    Ok(Bound {
+        gateway,
+        listener,
+        addr,
+    })
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests (up to
+/// `server.shutdown_timeout`).
+pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    let Bound {
+        gateway, listener, ..
+    } = bound;
+    let watch_every = gateway.live().server.watch_interval;
+    let watcher = match (watch_every, &gateway.config_path) {
+        (Some(every), Some(_)) => Some(tokio::spawn(gateway.clone().watch(every))),
+        _ => None,
+    };
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gateway.clone();
+        let service = hyper::service::service_fn(move |req| routes::handle(gw.clone(), req));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let fut = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    gateway.shutting_down.store(true, Ordering::Relaxed);
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    let deadline = gateway.live().server.shutdown_timeout;
+    tracing::info!(
+        in_flight = gateway.metrics.in_flight.load(Ordering::Relaxed),
+        "shutting down: finishing in-flight requests"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(deadline) => tracing::warn!(
+            in_flight = gateway.metrics.in_flight.load(Ordering::Relaxed),
+            "shutdown deadline passed; closing what is left"
+        ),
+    }
+    Ok(())
+}
+
+/// Binds, writes `LISTENING <port>` on stdout (for whoever started the process), and serves
+/// until SIGTERM or SIGINT.
+pub async fn run(opts: ServeOptions) -> Result<()> {
+    let bound = bind(&opts).await?;
+    announce(bound.addr);
+    serve(bound, termination()).await
+}
+
+/// Writes `LISTENING <port>` on stdout: how a parent process learns a port picked with 0.
+pub fn announce(addr: SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "LISTENING {}", addr.port());
+    let _ = out.flush();
+}
+
+/// Sets up JSON logs on stderr once per process (`LLMUX_LOG` filters, default `info`).
+pub fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LLMUX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .try_init();
+}

@@ -1,0 +1,901 @@
+//! The gateway's routes: OpenAI's `POST /v1/chat/completions` and `/v1/embeddings` (also
+//! without `/v1`), `GET /v1/models`, health, `/metrics` and `POST /config/reload`.
+//!
+//! A model call: authenticate, read the body (at most `server.max_body_bytes`), validate the
+//! fields the gateway reads, check the key may use the model, admit it against the key's own
+//! limits and the `rate_limit` block (one all-or-nothing admission), route it, answer (JSON or
+//! SSE) with `x-ratelimit-*` and routing headers, settle the admission with the tokens used.
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use super::auth::{self, Principal};
+use super::body::Out;
+use super::errors::{self, ours};
+use super::metrics::{Gauges, Record};
+use super::sse::{self, AbortOnDrop};
+use super::{Gateway, Live};
+use crate::error::{Error, ErrorKind};
+use crate::limiter::{
+    self, Caller, Demand, Denial, FailPolicy, Limited as Which, Rate, RateInfo, ScopeLimits, Ticket,
+};
+use crate::pipeline::{self, CallOptions, Mock};
+use crate::types::{ChatRequest, EmbeddingRequest, Usage};
+
+/// Request fields that would point the gateway at another upstream or credential: refused,
+/// so that the gateway is never an open proxy.
+const CLIENT_CREDENTIALS: &[&str] = &[
+    "api_base",
+    "base_url",
+    "api_key",
+    "api_version",
+    "organization",
+    "custom_llm_provider",
+    "azure_ad_token",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "aws_region_name",
+    "aws_bedrock_runtime_endpoint",
+    "extra_headers",
+    "headers",
+];
+
+/// LiteLLM request fields the gateway reads or drops rather than sending upstream.
+const CONSUMED: &[&str] = &[
+    "metadata",
+    "tags",
+    "num_retries",
+    "max_retries",
+    "litellm_call_id",
+];
+
+/// Fields whose type is checked before anything is sent: whole numbers.
+const WHOLE_FIELDS: &[&str] = &[
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "seed",
+    "top_logprobs",
+];
+/// ... and numbers.
+const NUMBER_FIELDS: &[&str] = &[
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+];
+
+fn json_response(status: StatusCode, v: &Value, rid: &str) -> Response<Out> {
+    let mut r = Response::new(Out::full(serde_json::to_vec(v).unwrap_or_default()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    set(r.headers_mut(), "x-request-id", rid);
+    r
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+fn secs_text(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+/// OpenAI's `x-ratelimit-*` headers from the tightest limits an admission saw.
+fn rate_headers(h: &mut HeaderMap, info: &RateInfo) {
+    if let (Some(l), Some(r)) = (info.limit_requests, info.remaining_requests) {
+        set(h, "x-ratelimit-limit-requests", &l.to_string());
+        set(h, "x-ratelimit-remaining-requests", &r.to_string());
+        if let Some(t) = info.reset_requests {
+            set(h, "x-ratelimit-reset-requests", &secs_text(t));
+        }
+    }
+    if let (Some(l), Some(r)) = (info.limit_tokens, info.remaining_tokens) {
+        set(h, "x-ratelimit-limit-tokens", &l.to_string());
+        set(h, "x-ratelimit-remaining-tokens", &r.to_string());
+        if let Some(t) = info.reset_tokens {
+            set(h, "x-ratelimit-reset-tokens", &secs_text(t));
+        }
+    }
+}
+
+/// A refused admission: 429 with `Retry-After` and the limit that refused.
+fn denial_response(d: Denial, model: &str, rid: &str) -> (Error, Response<Out>) {
+    let which = d.limited;
+    let limit = d.limit;
+    let reset = d.retry_after;
+    let mut e = d.into_error();
+    e.model = Some(model.to_owned());
+    let mut r = errors::respond(&e, rid);
+    let h = r.headers_mut();
+    let (l, rem, rs) = match which {
+        Which::Requests | Which::Parallel => (
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        Which::Tokens => (
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ),
+    };
+    set(h, l, &limit.to_string());
+    set(h, rem, "0");
+    if let Some(t) = reset {
+        set(h, rs, &secs_text(t));
+    }
+    (e, r)
+}
+
+/// Counts a request as in flight while it lives.
+struct InFlight(Arc<Gateway>);
+
+impl InFlight {
+    fn new(gw: &Arc<Gateway>) -> Self {
+        gw.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(gw.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a request is in its life, for the access log and metrics.
+struct Ctx {
+    gw: Arc<Gateway>,
+    live: Arc<Live>,
+    rid: String,
+    started: Instant,
+    route: &'static str,
+    model: String,
+    who: String,
+}
+
+impl Ctx {
+    fn finish(
+        &self,
+        status: u16,
+        deployment: &str,
+        usage: Option<&Usage>,
+        cost: Option<f64>,
+        ttft: Option<Duration>,
+    ) {
+        let latency = self.started.elapsed();
+        self.gw.metrics.record(&Record {
+            route: self.route,
+            model: if self.model.is_empty() {
+                "-"
+            } else {
+                &self.model
+            },
+            deployment: if deployment.is_empty() {
+                "-"
+            } else {
+                deployment
+            },
+            status,
+            latency,
+            ttft,
+            prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
+            completion_tokens: usage.map_or(0, |u| u.completion_tokens),
+            cost,
+        });
+        let ms = latency.as_secs_f64() * 1000.0;
+        if self.live.server.access_log {
+            tracing::info!(request_id = %self.rid, route = self.route, model = %self.model, key = %self.who, status, deployment, latency_ms = ms, "request");
+        } else {
+            tracing::debug!(request_id = %self.rid, route = self.route, model = %self.model, key = %self.who, status, deployment, latency_ms = ms, "request");
+        }
+    }
+
+    fn fail(&self, e: &Error) -> Response<Out> {
+        let r = errors::respond(e, &self.rid);
+        self.finish(r.status().as_u16(), "", None, None, None);
+        if r.status().is_server_error() {
+            tracing::warn!(request_id = %self.rid, model = %self.model, kind = e.kind.code(), error = %e.message, "request failed");
+        }
+        r
+    }
+}
+
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Out>, Infallible> {
+    let path = req.uri().path();
+    let p = path
+        .strip_prefix("/v1")
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(path)
+        .trim_end_matches('/')
+        .to_owned();
+    let method = req.method().clone();
+    let rid = pipeline::request_id();
+    let r = match (&method, p.as_str()) {
+        (&Method::POST, "/chat/completions") => model_call(gw, req, rid, "chat").await,
+        (&Method::POST, "/embeddings") => model_call(gw, req, rid, "embeddings").await,
+        (&Method::GET, "/models") => models(&gw, &req, &rid),
+        (&Method::GET, "/health/liveliness" | "/health/liveness") => {
+            json_response(StatusCode::OK, &json!({"status": "alive"}), &rid)
+        }
+        (&Method::GET, "/health/readiness" | "/health") => readiness(&gw, &rid).await,
+        (&Method::GET, "/metrics") => metrics(&gw).await,
+        (&Method::POST, "/config/reload") => reload(&gw, &req, &rid).await,
+        (
+            _,
+            "/chat/completions" | "/embeddings" | "/models" | "/health/liveliness"
+            | "/health/readiness" | "/metrics" | "/config/reload",
+        ) => errors::respond(
+            &ours(
+                ErrorKind::BadRequest,
+                format!("method {method} is not allowed on {path}"),
+            )
+            .with_status(405),
+            &rid,
+        ),
+        _ => errors::respond(
+            &ours(ErrorKind::NotFound, format!("no route {method} {path}")),
+            &rid,
+        ),
+    };
+    Ok(r)
+}
+
+fn models(gw: &Gateway, req: &Request<Incoming>, rid: &str) -> Response<Out> {
+    let live = gw.live();
+    let principal = match auth::authenticate(&live, req.headers()) {
+        Ok((p, _)) => p,
+        Err(e) => return errors::respond(&e, rid),
+    };
+    let data: Vec<Value> = live
+        .group_list
+        .iter()
+        .filter(|g| principal.allows(g))
+        .map(|g| json!({"id": g, "object": "model", "created": 0, "owned_by": "llmux"}))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data}),
+        rid,
+    )
+}
+
+async fn redis_up(gw: &Gateway) -> Option<bool> {
+    let pool = gw.shared.redis.as_ref()?;
+    let ping = pool.query::<String>(redis::cmd("PING"));
+    Some(matches!(
+        tokio::time::timeout(Duration::from_secs(1), ping).await,
+        Ok(Ok(_))
+    ))
+}
+
+async fn readiness(gw: &Gateway, rid: &str) -> Response<Out> {
+    let live = gw.live();
+    let redis = redis_up(gw).await;
+    let closing = gw.shutting_down.load(Ordering::Relaxed);
+    // Without Redis the limiter still decides under `local` and `open`; under `closed` it
+    // refuses everything, so the instance is not ready.
+    let limiter_blind = redis == Some(false) && gw.placement.0 == FailPolicy::Closed;
+    let ready = !closing && !limiter_blind;
+    let loaded = live
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last_error = gw
+        .last_reload_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "shutting_down": closing,
+        "redis": match redis { None => "not_configured", Some(true) => "connected", Some(false) => "unreachable" },
+        "rate_limit_breaker_open": gw.shared.limiter.stats().breaker_open,
+        "config": {
+            "models": live.group_list,
+            "deployments": live.router.deployments().len(),
+            "keys": live.keys.len(),
+            "loaded_at": loaded,
+            "last_reload_error": last_error,
+        },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, &body, rid)
+}
+
+async fn metrics(gw: &Gateway) -> Response<Out> {
+    let live = gw.live();
+    let ls = gw.shared.limiter.stats();
+    let mut g = Gauges {
+        limiter_admitted: ls.admitted,
+        limiter_denied: ls.denied,
+        limiter_redis_errors: ls.redis_errors,
+        limiter_fallback_admitted: ls.fallback_admitted,
+        limiter_breaker_open: ls.breaker_open,
+        live_processes: ls.live_processes,
+        retries: live.router.budget().retries,
+        redis_up: redis_up(gw).await,
+        ..Gauges::default()
+    };
+    if let Ok(rows) = live.router.deployment_stats().await {
+        g.deployments = rows
+            .into_iter()
+            .map(|(d, s)| {
+                (
+                    d.id.clone(),
+                    d.group.clone(),
+                    s.cooldown_remaining.is_some(),
+                    s.in_flight,
+                )
+            })
+            .collect();
+    }
+    if let Some(c) = &live.cache {
+        let s = c.stats();
+        g.cache_hits = Some((
+            s.hits.load(Ordering::Relaxed),
+            s.misses.load(Ordering::Relaxed),
+        ));
+    }
+    let mut r = Response::new(Out::full(gw.metrics.render(&g)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn reload(gw: &Gateway, req: &Request<Incoming>, rid: &str) -> Response<Out> {
+    let live = gw.live();
+    match auth::authenticate(&live, req.headers()) {
+        Ok((Principal::Master, _)) => {}
+        Ok(_) => {
+            return errors::respond(
+                &ours(
+                    ErrorKind::PermissionDenied,
+                    "reloading the config needs the master key (general_settings.master_key)",
+                ),
+                rid,
+            )
+        }
+        Err(e) => return errors::respond(&e, rid),
+    }
+    match gw.reload(true).await {
+        Ok(_) => {
+            let live = gw.live();
+            json_response(
+                StatusCode::OK,
+                &json!({"reloaded": true, "models": live.group_list, "keys": live.keys.len()}),
+                rid,
+            )
+        }
+        Err(e) => errors::respond(&e, rid),
+    }
+}
+
+/// Reads the body, refusing one larger than `max` with 413.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Error> {
+    let too_big = || {
+        ours(
+            ErrorKind::BadRequest,
+            format!("request body is larger than the limit of {max} bytes (server.max_body_bytes)"),
+        )
+        .with_status(413)
+    };
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max as u64 {
+            return Err(too_big());
+        }
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_big()),
+        Err(e) => Err(ours(
+            ErrorKind::BadRequest,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    ours(ErrorKind::BadRequest, msg)
+}
+
+/// The body as a JSON object.
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Error> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad("request body must be a JSON object")),
+        Err(e) => Err(bad(format!("request body is not valid JSON: {e}"))),
+    }
+}
+
+/// What a model call asks for, split into the upstream request's parameters and the options
+/// the gateway reads itself.
+struct Parsed {
+    model: String,
+    params: Map<String, Value>,
+    opts: CallOptions,
+    tags: Vec<String>,
+    stream: bool,
+}
+
+fn parse_call(mut body: Map<String, Value>, live: &Live) -> Result<Parsed, Error> {
+    let model = match body.remove("model") {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        None | Some(Value::Null) => return Err(bad("'model' is required")),
+        Some(_) => return Err(bad("'model' must be a string naming a model")),
+    };
+    for k in CLIENT_CREDENTIALS {
+        if body.get(*k).is_some_and(|v| !v.is_null()) {
+            return Err(bad(format!(
+                "'{k}' may not be set by clients: this gateway sends requests only to its configured deployments"
+            )));
+        }
+    }
+    let stream = match body.remove("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err(bad("'stream' must be true or false")),
+    };
+    for k in WHOLE_FIELDS {
+        if let Some(v) = body.get(*k).filter(|v| !v.is_null()) {
+            if v.as_u64().is_none() {
+                return Err(bad(format!("'{k}' must be a whole number >= 0, got {v}")));
+            }
+        }
+    }
+    for k in NUMBER_FIELDS {
+        if let Some(v) = body.get(*k).filter(|v| !v.is_null()) {
+            if !v.is_number() {
+                return Err(bad(format!("'{k}' must be a number, got {v}")));
+            }
+        }
+    }
+    if let Some(v) = body.get("user").filter(|v| !v.is_null()) {
+        if !v.is_string() {
+            return Err(bad("'user' must be a string"));
+        }
+    }
+    let mut opts = CallOptions {
+        hooks: live.hooks.clone(),
+        drop_params: live.drop_params,
+        ..CallOptions::default()
+    };
+    let mut tags = Vec::new();
+    let list = |v: &Value, what: &str| -> Result<Vec<String>, Error> {
+        serde_json::from_value(v.clone())
+            .map_err(|_| bad(format!("'{what}' must be a list of strings")))
+    };
+    if let Some(m) = body.get("metadata").filter(|v| !v.is_null()) {
+        let m = m
+            .as_object()
+            .ok_or_else(|| bad("'metadata' must be an object"))?;
+        if let Some(t) = m.get("tags").filter(|v| !v.is_null()) {
+            tags = list(t, "metadata.tags")?;
+        }
+    }
+    if let Some(t) = body.get("tags").filter(|v| !v.is_null()) {
+        tags.extend(list(t, "tags")?);
+    }
+    for k in ["timeout", "request_timeout"] {
+        if let Some(v) = body.remove(k).filter(|v| !v.is_null()) {
+            opts.timeout = v
+                .as_f64()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| bad(format!("'{k}' must be a positive number of seconds")))?;
+        }
+    }
+    if let Some(v) = body.remove("drop_params").filter(|v| !v.is_null()) {
+        opts.drop_params = v
+            .as_bool()
+            .ok_or_else(|| bad("'drop_params' must be true or false"))?;
+    }
+    if let Some(v) = body.remove("mock_response").filter(|v| !v.is_null()) {
+        let t = v
+            .as_str()
+            .ok_or_else(|| bad("'mock_response' must be a string"))?;
+        opts.mock = Some(Mock::parse(t));
+    }
+    for k in CONSUMED {
+        body.remove(*k);
+    }
+    Ok(Parsed {
+        model,
+        params: body,
+        opts,
+        tags,
+        stream,
+    })
+}
+
+/// The limits a call passes: the key's own, and the `rate_limit` block's scope for it.
+fn scopes(
+    live: &Live,
+    who: &Principal,
+    digest: Option<&[u8; 32]>,
+    user: Option<&str>,
+    model: &str,
+) -> Vec<ScopeLimits> {
+    let hex = |d: &[u8; 32]| {
+        let mut s = String::with_capacity(64);
+        for b in d {
+            let _ = write!(s, "{b:02x}");
+        }
+        s
+    };
+    let mut out = Vec::new();
+    let mut team = None;
+    if let Principal::Key(k) = who {
+        team = k.team_id.clone();
+        if k.has_limits() {
+            out.push(ScopeLimits {
+                scope: format!("vkey:{}", &hex(&k.digest)[..24]),
+                rpm: k.rpm.map(Rate::per_minute),
+                tpm: k.tpm.map(Rate::per_minute),
+                max_parallel: k.max_parallel_requests,
+            });
+        }
+    }
+    if let Some(cfg) = &live.rate_limit {
+        let caller = Caller {
+            key_hash: digest.map(hex),
+            user: user.map(str::to_owned),
+            team,
+        };
+        out.push(cfg.scope_for(&caller, model));
+    }
+    out
+}
+
+/// Settles an admission after the call: refunded whole when the router refused to send it,
+/// else charged with the tokens used.
+fn settle(ticket: Ticket, e: Option<&Error>, used: u64) {
+    match e {
+        Some(e) if e.kind == ErrorKind::RateLimited && e.provider.as_deref() == Some("router") => {
+            ticket.undo_later()
+        }
+        _ => ticket.settle(used),
+    }
+}
+
+async fn model_call(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    rid: String,
+    route: &'static str,
+) -> Response<Out> {
+    let _in_flight = InFlight::new(&gw);
+    let live = gw.live();
+    let mut ctx = Ctx {
+        gw: gw.clone(),
+        live: live.clone(),
+        rid,
+        started: Instant::now(),
+        route,
+        model: String::new(),
+        who: String::new(),
+    };
+    let (who, digest) = match auth::authenticate(&live, req.headers()) {
+        Ok(a) => a,
+        Err(e) => return ctx.fail(&e),
+    };
+    ctx.who = who.name().to_owned();
+    let body = match read_body(req, live.server.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return ctx.fail(&e),
+    };
+    let mut body = match parse_object(&body) {
+        Ok(b) => b,
+        Err(e) => return ctx.fail(&e),
+    };
+    if let Some(Value::String(m)) = body.get("model") {
+        ctx.model = m.clone();
+    }
+    // The payload field each route needs.
+    let payload = match route {
+        "chat" => match body.remove("messages") {
+            Some(Value::Array(m)) if !m.is_empty() && m.iter().all(Value::is_object) => {
+                Value::Array(m)
+            }
+            Some(Value::Array(m)) if m.is_empty() => {
+                return ctx.fail(&bad("'messages' must not be empty"))
+            }
+            None | Some(Value::Null) => return ctx.fail(&bad("'messages' is required")),
+            Some(_) => return ctx.fail(&bad("'messages' must be a list of message objects")),
+        },
+        _ => match body.remove("input") {
+            Some(v @ (Value::String(_) | Value::Array(_))) => v,
+            None | Some(Value::Null) => return ctx.fail(&bad("'input' is required")),
+            Some(_) => return ctx.fail(&bad("'input' must be a string or a list")),
+        },
+    };
+    let call = match parse_call(body, &live) {
+        Ok(c) => c,
+        Err(e) => return ctx.fail(&e),
+    };
+    if !live.groups.contains(&call.model) {
+        let e = ours(
+            ErrorKind::NotFound,
+            format!(
+                "The model '{}' does not exist on this gateway (GET /v1/models lists the models)",
+                call.model
+            ),
+        )
+        .with_upstream_code(Some("model_not_found".into()));
+        return ctx.fail(&e);
+    }
+    if !who.allows(&call.model) {
+        return ctx.fail(&ours(
+            ErrorKind::PermissionDenied,
+            format!(
+                "API key '{}' may not use model '{}'",
+                who.name(),
+                call.model
+            ),
+        ));
+    }
+    let user = call
+        .params
+        .get("user")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let scopes = scopes(&live, &who, digest.as_ref(), user.as_deref(), &call.model);
+    let (messages, input) = match payload {
+        Value::Array(m) if route == "chat" => (m, Value::Null),
+        other => (Vec::new(), other),
+    };
+    let tokens = if route == "chat" {
+        limiter::reservation(&ChatRequest {
+            model: call.model.clone(),
+            messages: messages.clone(),
+            params: call.params.clone(),
+        })
+    } else {
+        limiter::embedding_reservation(&input)
+    };
+    let demand = Demand {
+        request_id: ctx.rid.clone(),
+        scopes,
+        tokens,
+    };
+    let ticket = match limiter::admit_or_deny(&gw.shared.limiter, demand).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(denial)) => {
+            let (_, r) = denial_response(denial, &call.model, &ctx.rid);
+            ctx.finish(429, "", None, None, None);
+            return r;
+        }
+        // The limiter could not decide (Redis down under policy `closed`).
+        Err(e) => {
+            let mut e = e;
+            e.kind = ErrorKind::ServiceUnavailable;
+            e.status = Some(503);
+            return ctx.fail(&e);
+        }
+    };
+    let info = ticket.info();
+    if route == "embeddings" {
+        let req = EmbeddingRequest {
+            model: call.model.clone(),
+            input,
+            params: call.params,
+        };
+        return match live.router.embedding(req, &call.opts, &call.tags).await {
+            Ok(routed) => {
+                let done = &routed.value;
+                let usage = done.response.usage.clone();
+                settle(
+                    ticket,
+                    None,
+                    usage.as_ref().map_or(tokens, |u| u.total_tokens),
+                );
+                let mut r = json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(&done.response).unwrap_or(Value::Null),
+                    &ctx.rid,
+                );
+                routing_headers(
+                    r.headers_mut(),
+                    &routed.deployment_id,
+                    routed.attempted_fallbacks,
+                    done.meta.cost,
+                    &info,
+                );
+                ctx.finish(
+                    200,
+                    &routed.deployment_id,
+                    usage.as_ref(),
+                    done.meta.cost,
+                    None,
+                );
+                r
+            }
+            Err(e) => {
+                settle(ticket, Some(&e), 0);
+                ctx.fail(&e)
+            }
+        };
+    }
+    let req = ChatRequest {
+        model: call.model.clone(),
+        messages,
+        params: call.params,
+    };
+    if !call.stream {
+        return match live.router.completion(req, &call.opts, &call.tags).await {
+            Ok(routed) => {
+                let done = &routed.value;
+                let used = done.total_tokens().unwrap_or(tokens);
+                settle(ticket, None, used);
+                let body = match serde_json::to_vec(&done.response) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return ctx.fail(&Error::new(
+                            ErrorKind::Internal,
+                            format!("cannot encode the answer: {e}"),
+                        ))
+                    }
+                };
+                let mut r = Response::new(Out::full(body));
+                let h = r.headers_mut();
+                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                set(h, "x-request-id", &ctx.rid);
+                routing_headers(
+                    h,
+                    &routed.deployment_id,
+                    routed.attempted_fallbacks,
+                    done.meta.cost,
+                    &info,
+                );
+                ctx.finish(
+                    200,
+                    &routed.deployment_id,
+                    done.response.usage.as_ref(),
+                    done.meta.cost,
+                    None,
+                );
+                r
+            }
+            Err(e) => {
+                settle(ticket, Some(&e), 0);
+                ctx.fail(&e)
+            }
+        };
+    }
+    stream_call(ctx, req, call.opts, call.tags, ticket, info).await
+}
+
+fn routing_headers(
+    h: &mut HeaderMap,
+    deployment: &str,
+    fallbacks: u32,
+    cost: Option<f64>,
+    info: &RateInfo,
+) {
+    set(h, "x-litellm-model-id", deployment);
+    if fallbacks > 0 {
+        set(h, "x-litellm-attempted-fallbacks", &fallbacks.to_string());
+    }
+    if let Some(c) = cost {
+        set(h, "x-litellm-response-cost", &c.to_string());
+    }
+    rate_headers(h, info);
+}
+
+fn sse_response(
+    rx: mpsc::Receiver<Bytes>,
+    rid: &str,
+    deployment: Option<&str>,
+    info: &RateInfo,
+) -> Response<Out> {
+    let mut r = Response::new(Out::Stream(rx));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    set(h, "x-request-id", rid);
+    if let Some(d) = deployment {
+        set(h, "x-litellm-model-id", d);
+    }
+    rate_headers(h, info);
+    r
+}
+
+/// A streamed chat completion. Routing runs in its own task; when it answers (first chunk or
+/// failure) within one keep-alive interval the response carries the real status, else the
+/// SSE headers go out at once and keep-alive comments follow until the first chunk.
+async fn stream_call(
+    ctx: Ctx,
+    req: ChatRequest,
+    opts: CallOptions,
+    tags: Vec<String>,
+    ticket: Ticket,
+    info: RateInfo,
+) -> Response<Out> {
+    let router = ctx.live.router.clone();
+    let prompt = limiter::estimate_prompt_tokens(&req.messages);
+    let keepalive = ctx.live.server.keepalive_interval;
+    let ticket_slot = Arc::new(std::sync::Mutex::new(Some(ticket)));
+    let slot = ticket_slot.clone();
+    let opening = AbortOnDrop(tokio::spawn(async move {
+        let out = router.completion_stream(req, &opts, &tags).await;
+        let t = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(t) = t {
+            match out {
+                Ok(mut o) => {
+                    pipeline::settle_when_done(&mut o.value.0, t, prompt);
+                    return Ok(o);
+                }
+                Err(e) => {
+                    settle(t, Some(&e), 0);
+                    return Err(e);
+                }
+            }
+        }
+        out
+    }));
+    let mut opening = opening;
+    let early = tokio::time::timeout(keepalive, &mut opening).await;
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    let (opening, deployment) = match early {
+        Ok(Ok(Err(e)) | Err(e)) => return ctx.fail(&e),
+        Ok(Ok(Ok(opened))) => {
+            let d = opened.deployment_id.clone();
+            let ready = AbortOnDrop(tokio::spawn(async move { Ok(opened) }));
+            (ready, Some(d))
+        }
+        Err(_) => (opening, None),
+    };
+    let response = sse_response(rx, &ctx.rid, deployment.as_deref(), &info);
+    let started = ctx.started;
+    let in_flight = InFlight::new(&ctx.gw);
+    tokio::spawn(async move {
+        let end = sse::pump(tx, opening, started, keepalive).await;
+        drop(in_flight);
+        let status = match (&end.error, end.disconnected) {
+            (Some(e), _) => errors::status_of(e).as_u16(),
+            // 499: the client closed the request (nginx's code).
+            (None, true) => 499,
+            (None, false) => 200,
+        };
+        let cost = match (&end.meta, &end.usage) {
+            (Some(m), Some(u)) => m.cost.or_else(|| {
+                crate::pricing::cost(Some(m.provider), &m.upstream_model, u).map(|c| c.total())
+            }),
+            _ => None,
+        };
+        if let Some(e) = &end.error {
+            tracing::warn!(request_id = %ctx.rid, model = %ctx.model, kind = e.kind.code(), error = %e.message, chunks = end.chunks, "stream ended with an error");
+        }
+        ctx.finish(status, &end.deployment, end.usage.as_ref(), cost, end.ttft);
+    });
+    response
+}

@@ -1,0 +1,472 @@
+"""`llmux serve`: the gateway as a real OS process, driven by the official `openai` client
+(sync, async, streaming) and by raw HTTP for bad input, against the fake upstream.
+
+Each test asks the gateway for a model group whose deployment carries the fault it needs
+(`extra_headers` with `x-fake-*`), and reads the upstream's own counters to see what reached
+it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+import urllib.request
+import uuid
+
+import openai
+import pytest
+
+from llmux.testing import Gateway
+
+REPLY = (
+    "Hello! This is the fake upstream speaking. Every answer you receive from me is exactly "
+    "twenty words long and deterministic."
+)
+MSGS = [{"role": "user", "content": "hello there"}]
+MASTER = "sk-master-7f3a9c"
+ALICE = "sk-alice-5b1e22"
+BOB = "sk-bob-90c4d1"
+OLD = "sk-old-44aa01"
+UPSTREAM_KEY = "sk-upstream-secret-31337"
+
+
+def deployment(name: str, fake, **headers: str) -> str:
+    h = "".join(f'\n        {k}: "{v}"' for k, v in headers.items())
+    extra = f"\n      extra_headers:{h}" if headers else ""
+    return f"""
+  - model_name: {name}
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: {fake.base_url}
+      api_key: os.environ/LLMUX_TEST_UPSTREAM_KEY{extra}"""
+
+
+def write_config(path, fake, keys: dict, extra: str = "", models: str = "") -> None:
+    slow = uuid.uuid4().hex[:8]
+    body = "model_list:" + "".join(
+        [
+            deployment("gpt-4o", fake),
+            deployment("slow", fake, **{"x-fake-chunk-delay-ms": "100", "x-fake-key": f"slow-{slow}"}),
+            deployment("late", fake, **{"x-fake-delay-ms": "2500"}),
+            deployment("cut", fake, **{"x-fake-stream-error-after": "3"}),
+            deployment("html", fake, **{"x-fake-html": "1", "x-fake-status": "502"}),
+            deployment("broken", fake, **{"x-fake-status": "500"}),
+        ]
+    )
+    body += models
+    body += f"""
+router_settings:
+  num_retries: 0
+  fallbacks: [{{broken: [gpt-4o]}}]
+general_settings:
+  master_key: {MASTER}
+server:
+  max_body_bytes: 65536
+  watch_interval: 0.2
+keys:
+  - key: {ALICE}
+    key_alias: alice
+    models: [gpt-4o, slow, cut, html, late, broken]
+    rpm: {keys.get("alice_rpm", 1000)}
+  - key: {BOB}
+    key_alias: bob
+    models: [gpt-4o]
+  - key: {OLD}
+    key_alias: old
+    expires: 2020-01-01
+{extra}"""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(body)
+    import os
+
+    os.replace(tmp, path)
+
+
+@pytest.fixture(scope="module")
+def gw(fake, tmp_path_factory, monkeypatch_module):
+    path = tmp_path_factory.mktemp("gw") / "config.yaml"
+    write_config(path, fake, {})
+    with Gateway(path) as g:
+        g.cfg_path = path
+        yield g
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LLMUX_TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+    yield mp
+    mp.undo()
+
+
+def client(gw, key=MASTER, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, **kw)
+
+
+def raw(gw, method: str, path: str, body=None, headers=None, key=MASTER):
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    h = {"Content-Type": "application/json"}
+    if key:
+        h["Authorization"] = f"Bearer {key}"
+    h.update(headers or {})
+    data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+    conn.request(method, path, body=data, headers=h)
+    r = conn.getresponse()
+    payload = r.read()
+    conn.close()
+    return r.status, dict(r.getheaders()), payload
+
+
+def error_of(payload: bytes) -> dict:
+    body = json.loads(payload)
+    assert set(body) == {"error"}, body
+    assert {"message", "type", "code", "param"} <= set(body["error"]), body
+    return body["error"]
+
+
+# --- the openai client: sync, async, streaming ------------------------------------------------
+
+
+def test_unary_with_the_openai_client(gw):
+    raw_r = client(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=MSGS)
+    r = raw_r.parse()
+    assert r.choices[0].message.content == REPLY
+    assert r.usage.completion_tokens == 20
+    assert raw_r.headers["x-litellm-model-id"]
+    assert raw_r.headers["x-request-id"].startswith("req-")
+
+
+async def test_async_client_concurrently(gw):
+    c = openai.AsyncOpenAI(base_url=gw.base_url, api_key=ALICE, max_retries=0)
+    rs = await asyncio.gather(*[c.chat.completions.create(model="gpt-4o", messages=MSGS) for _ in range(40)])
+    assert {r.choices[0].message.content for r in rs} == {REPLY}
+    await c.close()
+
+
+def test_stream_with_the_openai_client(gw):
+    chunks = list(
+        client(gw).chat.completions.create(
+            model="gpt-4o", messages=MSGS, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == REPLY
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 20
+
+
+async def test_async_stream(gw):
+    c = openai.AsyncOpenAI(base_url=gw.base_url, api_key=MASTER, max_retries=0)
+    s = await c.chat.completions.create(model="slow", messages=MSGS, stream=True)
+    text = ""
+    async for chunk in s:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+    assert text == REPLY
+    await c.close()
+
+
+def test_embeddings_and_models(gw):
+    e = client(gw).embeddings.create(model="gpt-4o", input=["a b c", "d"])
+    assert len(e.data) == 2 and len(e.data[0].embedding) > 0
+    assert [m.id for m in client(gw, BOB).models.list()] == ["gpt-4o"]
+    assert "slow" in [m.id for m in client(gw).models.list()]
+
+
+def test_keep_alive_while_waiting_for_the_first_token(gw):
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    body = json.dumps({"model": "late", "messages": MSGS, "stream": True})
+    conn.request("POST", "/v1/chat/completions", body, {"Authorization": f"Bearer {MASTER}"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("content-type") == "text/event-stream"
+    text = r.read().decode()
+    assert text.startswith(": keep-alive\n\n"), text[:80]
+    assert text.rstrip().endswith("data: [DONE]")
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_auth_failures(gw):
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(gw, key="sk-nope").chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert e.value.status_code == 401
+    with pytest.raises(openai.AuthenticationError, match="expired"):
+        client(gw, key=OLD).chat.completions.create(model="gpt-4o", messages=MSGS)
+    with pytest.raises(openai.PermissionDeniedError, match="may not use model 'slow'"):
+        client(gw, key=BOB).chat.completions.create(model="slow", messages=MSGS)
+    status, _, payload = raw(
+        gw, "POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": MSGS}, key=None
+    )
+    assert status == 401 and error_of(payload)["type"] == "authentication_error"
+
+
+@pytest.mark.parametrize(
+    "body,status,needle",
+    [
+        (b'{"model": "gpt-4o", "messages": [', 400, "not valid JSON"),
+        (b"[1, 2]", 400, "must be a JSON object"),
+        ({"model": 7, "messages": MSGS}, 400, "'model' must be a string"),
+        ({"messages": MSGS}, 400, "'model' is required"),
+        ({"model": "gpt-4o", "messages": "hi"}, 400, "'messages' must be a list"),
+        (
+            {"model": "gpt-4o", "messages": MSGS, "max_tokens": "ten"},
+            400,
+            "'max_tokens' must be a whole number",
+        ),
+        ({"model": "gpt-4o", "messages": MSGS, "stream": "yes"}, 400, "'stream' must be true or false"),
+        (
+            {"model": "gpt-4o", "messages": MSGS, "api_base": "http://evil.example"},
+            400,
+            "'api_base' may not be set",
+        ),
+        ({"model": "gpt-4o", "messages": MSGS, "api_key": "sk-x"}, 400, "'api_key' may not be set"),
+        ({"model": "no-such-model", "messages": MSGS}, 404, "does not exist"),
+        (
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 70000}]},
+            413,
+            "larger than the limit",
+        ),
+    ],
+)
+def test_bad_input_is_classified(gw, body, status, needle):
+    got, headers, payload = raw(gw, "POST", "/v1/chat/completions", body)
+    assert got == status, payload
+    err = error_of(payload)
+    assert needle in err["message"]
+    assert headers["content-type"] == "application/json"
+
+
+def test_routes_and_methods(gw):
+    assert raw(gw, "GET", "/v1/nothing")[0] == 404
+    assert raw(gw, "GET", "/v1/chat/completions")[0] == 405
+    # Without the /v1 prefix too.
+    status, _, payload = raw(gw, "POST", "/chat/completions", {"model": "gpt-4o", "messages": MSGS})
+    assert status == 200 and json.loads(payload)["choices"][0]["message"]["content"] == REPLY
+    with pytest.raises(openai.NotFoundError):
+        client(gw).chat.completions.create(model="no-such-model", messages=MSGS)
+
+
+def test_upstream_html_is_a_classified_502(gw):
+    status, _, payload = raw(gw, "POST", "/v1/chat/completions", {"model": "html", "messages": MSGS})
+    assert status == 502
+    assert error_of(payload)["type"] == "api_error"
+    # The gateway keeps serving.
+    assert raw(gw, "POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": MSGS})[0] == 200
+
+
+def test_mid_stream_failure_is_an_in_band_error_without_done(gw):
+    status, _, payload = raw(
+        gw, "POST", "/v1/chat/completions", {"model": "cut", "messages": MSGS, "stream": True}
+    )
+    text = payload.decode()
+    assert status == 200
+    assert "[DONE]" not in text
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    assert "error" in events[-1] and events[-1]["error"]["message"]
+    assert sum(1 for e in events if "choices" in e) >= 3
+    with pytest.raises(openai.APIError):
+        for _ in client(gw).chat.completions.create(model="cut", messages=MSGS, stream=True):
+            pass
+
+
+def test_fallback_is_reported(gw):
+    r = client(gw).chat.completions.with_raw_response.create(model="broken", messages=MSGS)
+    assert r.parse().choices[0].message.content == REPLY
+    assert r.headers["x-litellm-attempted-fallbacks"] == "1"
+
+
+# --- limits ---------------------------------------------------------------------------------------
+
+
+def test_key_rate_limit_answers_429_with_headers(fake, tmp_path, monkeypatch_module):
+    path = tmp_path / "c.yaml"
+    write_config(path, fake, {"alice_rpm": 2})
+    with Gateway(path) as g:
+        ok = client(g, ALICE).chat.completions.with_raw_response.create(model="gpt-4o", messages=MSGS)
+        assert ok.headers["x-ratelimit-limit-requests"] == "2"
+        assert ok.headers["x-ratelimit-remaining-requests"] == "1"
+        client(g, ALICE).chat.completions.create(model="gpt-4o", messages=MSGS)
+        with pytest.raises(openai.RateLimitError) as e:
+            client(g, ALICE).chat.completions.create(model="gpt-4o", messages=MSGS)
+        h = e.value.response.headers
+        assert 20 <= int(h["retry-after"]) <= 31
+        assert h["x-ratelimit-remaining-requests"] == "0"
+        assert h["x-ratelimit-limit-requests"] == "2"
+        # Another key is not affected.
+        client(g, BOB).chat.completions.create(model="gpt-4o", messages=MSGS)
+
+
+# --- streams: disconnect and shutdown ---------------------------------------------------------------
+
+
+def read_until(sock: socket.socket, needle: bytes, limit: float = 10) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + limit
+    while needle not in buf:
+        assert time.monotonic() < deadline, buf
+        chunk = sock.recv(65536)
+        assert chunk, buf
+        buf += chunk
+    return buf
+
+
+def open_stream(port: int, model: str, key: str = MASTER) -> socket.socket:
+    body = json.dumps({"model": model, "messages": MSGS, "stream": True}).encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return s
+
+
+def test_client_disconnect_closes_the_upstream_call(gw, fake, tmp_path):
+    k = f"disc-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "c.yaml"
+    write_config(
+        path, fake, {}, models=deployment("slowk", fake, **{"x-fake-chunk-delay-ms": "200", "x-fake-key": k})
+    )
+    with Gateway(path) as g:
+        s = open_stream(g.port, "slowk")
+        read_until(s, b'"content":"Hello! "')
+        s.close()
+        deadline = time.monotonic() + 3
+        while fake.stats(k).get("aborted", 0) < 1:
+            assert time.monotonic() < deadline, fake.stats(k)
+            time.sleep(0.05)
+        st = fake.stats(k)
+        assert st["completed"] == 0 and st["aborted"] == 1
+        # The gateway counted it as a client close.
+        metrics = urllib.request.urlopen(f"{g.url}/metrics").read().decode()
+        assert 'model="slowk"' in metrics and 'status="499"' in metrics
+
+
+def test_sigterm_finishes_the_stream_in_flight(fake, tmp_path):
+    path = tmp_path / "c.yaml"
+    write_config(path, fake, {})
+    g = Gateway(path)
+    try:
+        s = open_stream(g.port, "slow")
+        head = read_until(s, b'"content":"Hello! "')
+        g.signal(signal.SIGTERM)
+        rest = read_until(s, b"data: [DONE]", limit=15)
+        text = (head + rest).decode()
+        content = "".join(
+            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            for line in text.splitlines()
+            if line.startswith("data: {")
+        )
+        assert content == REPLY
+        s.close()
+        assert g.proc.wait(timeout=10) == 0
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", g.port), timeout=1).close()
+    finally:
+        g.stop()
+
+
+# --- config: reload, secrets, metrics, health -----------------------------------------------------
+
+
+def test_hot_reload_under_load_drops_nothing(fake, tmp_path, monkeypatch_module):
+    path = tmp_path / "c.yaml"
+    write_config(path, fake, {})
+    with Gateway(path) as g:
+        errors: list = []
+        done = threading.Event()
+        count = [0]
+
+        def load():
+            c = client(g)
+            while not done.is_set():
+                try:
+                    r = c.chat.completions.create(model="gpt-4o", messages=MSGS)
+                    assert r.choices[0].message.content == REPLY
+                    count[0] += 1
+                except Exception as e:  # noqa: BLE001 - any failure is the finding
+                    errors.append(repr(e))
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        for i in range(5):
+            write_config(path, fake, {}, models=deployment(f"new{i}", fake))
+            deadline = time.monotonic() + 5
+            while f"new{i}" not in [m.id for m in client(g).models.list()]:
+                assert time.monotonic() < deadline, g.log()[-2000:]
+                time.sleep(0.05)
+        done.set()
+        for t in threads:
+            t.join()
+        assert errors == [] and count[0] > 50
+        # A broken file is refused whole; the old config stays live and says why.
+        with open(path, "a") as f:
+            f.write("\nrouter_settings_typo: 1\n")
+        deadline = time.monotonic() + 5
+        while True:
+            ready = json.loads(urllib.request.urlopen(f"{g.url}/health/readiness").read())
+            if ready["config"]["last_reload_error"]:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "router_settings_typo" in ready["config"]["last_reload_error"]
+        assert "new4" in ready["config"]["models"]
+        assert (
+            client(g).chat.completions.create(model="new4", messages=MSGS).choices[0].message.content == REPLY
+        )
+        # On demand: master key only.
+        write_config(path, fake, {}, models=deployment("manual", fake))
+        assert raw(g, "POST", "/config/reload", key=BOB)[0] == 403
+        status, _, payload = raw(g, "POST", "/config/reload")
+        assert status == 200 and "manual" in json.loads(payload)["models"]
+        metrics = urllib.request.urlopen(f"{g.url}/metrics").read().decode()
+        assert "llmux_config_reload_failures_total 1" in metrics
+
+
+def test_no_secret_in_logs_or_errors(gw):
+    client(gw).chat.completions.create(model="gpt-4o", messages=MSGS)
+    raw(gw, "POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": MSGS}, key="sk-wrong-secret-123")
+    raw(gw, "POST", "/v1/chat/completions", {"model": "html", "messages": MSGS})
+    log = gw.log()
+    assert "listening" in log
+    for secret in [MASTER, ALICE, BOB, UPSTREAM_KEY, "sk-wrong-secret-123"]:
+        assert secret not in log
+
+
+def test_metrics_count_requests_tokens_and_latency(gw):
+    before = urllib.request.urlopen(f"{gw.url}/metrics").read().decode()
+
+    def count(text: str) -> int:
+        prefix = 'llmux_requests_total{route="embeddings",model="gpt-4o",'
+        return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+    for _ in range(3):
+        client(gw).embeddings.create(model="gpt-4o", input="a b")
+    after = urllib.request.urlopen(f"{gw.url}/metrics").read().decode()
+    assert count(after) - count(before) == 3
+    assert 'llmux_request_duration_seconds_bucket{model="gpt-4o",le="+Inf"}' in after
+    assert 'llmux_tokens_total{model="gpt-4o",kind="completion"}' in after
+    assert "llmux_in_flight_requests" in after
+
+
+def test_health(gw):
+    assert json.loads(urllib.request.urlopen(f"{gw.url}/health/liveliness").read()) == {"status": "alive"}
+    ready = json.loads(urllib.request.urlopen(f"{gw.url}/health/readiness").read())
+    assert ready["status"] == "ready" and ready["redis"] == "not_configured"
+
+
+def test_bad_config_at_start_names_the_field(fake, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "model_list:\n  - model_name: x\n    litellm_params: {model: openai/x}\nrouter_settings:\n  num_retries: many\n"
+    )
+    with pytest.raises(RuntimeError, match="num_retries"):
+        Gateway(path)
