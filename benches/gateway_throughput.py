@@ -119,8 +119,11 @@ def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
 
 
 def stop_all() -> None:
+    """Stops every child still running, newest first (clients before gateways)."""
     with _CHILDREN_LOCK:
-        procs = list(_CHILDREN)
+        procs = [p for p in reversed(_CHILDREN) if p.poll() is None]
+    if procs:
+        log(f"stopping {len(procs)} child process group(s)")
     for p in procs:
         stop(p, grace=3.0)
 
@@ -523,37 +526,43 @@ def run_streams(
     rest = rss_kib(tree_pids(root))
     cpu0, t0 = cpu_seconds(tree_pids(root)), time.monotonic()
     with Sampler(root, interval=0.05) as sampler:
-        proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # stderr goes to a file: a full pipe would block the client.
+        err_file = tempfile.TemporaryFile()
+        proc = spawn(argv, stdout=subprocess.PIPE, stderr=err_file)
         assert proc.stdout is not None
         at_max: tuple[int, int] | None = None  # (open streams, RSS KiB) at the highest count
         result = None
         deadline = time.monotonic() + timeout
         buf = b""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                stop(proc)
-                return {"error": f"stream client did not finish within {timeout:.0f} s"}
-            ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
-            if not ready:
-                continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.startswith(b"MAXOPEN "):
-                    k = int(line.split()[1])
-                    kib = sampler.sample()
-                    at_max = (k, kib)
-                    if k == spec["streams"]:
-                        log(f"  all {k} streams open, RSS {kib / 1024:.1f} MiB")
-                elif line.startswith(b"RESULT "):
-                    result = json.loads(line[7:])
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        proc.wait()
-        stop(proc, grace=1.0)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return {"error": f"stream client did not finish within {timeout:.0f} s"}
+                ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+                if not ready:
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.startswith(b"MAXOPEN "):
+                        k = int(line.split()[1])
+                        kib = sampler.sample()
+                        at_max = (k, kib)
+                        if k == spec["streams"]:
+                            log(f"  all {k} streams open, RSS {kib / 1024:.1f} MiB")
+                    elif line.startswith(b"RESULT "):
+                        result = json.loads(line[7:])
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        finally:
+            stop(proc, grace=1.0)
+            err_file.seek(0)
+            err = err_file.read().decode(errors="replace")
+            err_file.close()
     if result is None:
         return {"error": f"stream client failed (exit {proc.returncode}): {err.strip()[-400:]}"}
     used = cpu_seconds(tree_pids(root)) - cpu0
@@ -694,6 +703,9 @@ def proxy_venv(path: str, setup: bool) -> tuple[str, str]:
         r = subprocess.run([sys.executable, "-m", "venv", path], capture_output=True, text=True)
         if r.returncode != 0:
             raise NotRun(f"python -m venv failed: {r.stderr.strip()[-400:]}")
+        # Keep the venv out of git (what `python -m venv` does itself from Python 3.13 on).
+        with open(os.path.join(path, ".gitignore"), "w") as f:
+            f.write("*\n")
         r = subprocess.run(
             [py, "-m", "pip", "install", "-q", "-r", PROXY_REQUIREMENTS],
             capture_output=True,

@@ -18,6 +18,7 @@
 //! - [`cache`]: the response cache (in process or on Redis), a hook on that pipeline.
 //! - [`config`]: config data (model lists, router settings, the gateway's YAML file) into parts.
 //! - [`limiter`], [`redis`], [`router`]: limits, shared state, routing.
+//! - [`telemetry`]: trace span names and (feature `server`) OTLP export.
 //! - `server` (feature `server`): the OpenAI-compatible HTTP gateway, `llmux serve`.
 
 pub mod cache;
@@ -33,6 +34,7 @@ pub mod redis;
 pub mod retry;
 pub mod router;
 pub mod streaming;
+pub mod telemetry;
 pub mod types;
 
 #[cfg(feature = "server")]

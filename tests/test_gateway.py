@@ -470,3 +470,95 @@ def test_bad_config_at_start_names_the_field(fake, tmp_path):
     )
     with pytest.raises(RuntimeError, match="num_retries"):
         Gateway(path)
+
+
+# --- OpenTelemetry ------------------------------------------------------------------------------
+
+
+class Collector:
+    """A minimal OTLP/HTTP collector: keeps every span POSTed to /v1/traces."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        spans = self.spans = []
+        self.content_types = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.content_types.append(self.headers["Content-Type"])
+                for rs in json.loads(body)["resourceSpans"]:
+                    for ss in rs["scopeSpans"]:
+                        spans.extend(ss["spans"])
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, pred, timeout: float = 10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [s for s in list(self.spans) if pred(s)]
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no such span in {self.spans}")
+
+
+def attrs(span) -> dict:
+    return {a["key"]: next(iter(a["value"].values())) for a in span["attributes"]}
+
+
+def test_otlp_traces_per_request_and_attempt(fake, tmp_path, monkeypatch_module):
+    col = Collector()
+    path = tmp_path / "c.yaml"
+    write_config(
+        path,
+        fake,
+        {},
+        extra=f"telemetry:\n  otlp_endpoint: http://127.0.0.1:{col.port}\n  export_interval: 0.2\n",
+    )
+    with Gateway(path) as g:
+        trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        client(g).chat.completions.create(
+            model="gpt-4o", messages=MSGS, extra_headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}
+        )
+        (req,) = col.wait_for(lambda s: s["name"] == "chat gpt-4o" and s["traceId"] == trace_id)
+        assert req["kind"] == 2 and req["parentSpanId"] == parent_id
+        a = attrs(req)
+        assert a["gen_ai.operation.name"] == "chat"
+        assert a["gen_ai.system"] == "openai"
+        assert a["gen_ai.request.model"] == "gpt-4o"
+        assert a["gen_ai.response.model"] == "gpt-4o-mini"
+        assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == ("5", "20")
+        assert a["http.response.status_code"] == "200"
+        assert req["status"]["code"] == 0
+        (attempt,) = col.wait_for(lambda s: s.get("parentSpanId") == req["spanId"])
+        assert attempt["kind"] == 3 and attempt["traceId"] == trace_id
+        assert attrs(attempt)["gen_ai.request.model"] == "openai/gpt-4o-mini"
+        # A fallback: two attempts under one request span, the first marked failed.
+        client(g).chat.completions.create(model="broken", messages=MSGS)
+        (req2,) = col.wait_for(lambda s: s["name"] == "chat broken")
+        tries = col.wait_for(lambda s: s.get("parentSpanId") == req2["spanId"])
+        time.sleep(0.5)
+        tries = [s for s in col.spans if s.get("parentSpanId") == req2["spanId"]]
+        assert sorted(t["status"]["code"] for t in tries) == [0, 2]
+        # Streams: the request span ends with the stream and carries its usage.
+        list(
+            client(g).chat.completions.create(
+                model="slow", messages=MSGS, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        (st,) = col.wait_for(lambda s: s["name"] == "chat slow")
+        assert attrs(st)["gen_ai.usage.output_tokens"] == "20"
+        assert set(col.content_types) == {"application/json"}
+    col.server.shutdown()

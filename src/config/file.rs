@@ -21,6 +21,7 @@ use crate::providers::Secret;
 use crate::redis::RedisConfig;
 use crate::router::budget::RetryBudget;
 use crate::router::{Deployment, Settings};
+use crate::telemetry::OtlpConfig;
 
 fn bad(msg: impl Into<String>) -> Error {
     Error::invalid_config(msg)
@@ -136,6 +137,8 @@ pub struct GatewayConfig {
     pub cache: Option<CacheConfig>,
     pub server: ServerSettings,
     pub debug_logs: bool,
+    /// OpenTelemetry export (the `telemetry` block).
+    pub telemetry: Option<OtlpConfig>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -148,6 +151,7 @@ const TOP_KEYS: &[&str] = &[
     "redis",
     "cache",
     "server",
+    "telemetry",
     "environment_variables",
 ];
 
@@ -632,7 +636,14 @@ impl GatewayConfig {
             ));
         }
 
+        let telemetry = root
+            .get("telemetry")
+            .filter(|v| !v.is_null())
+            .map(OtlpConfig::from_json)
+            .transpose()?;
+
         Ok(GatewayConfig {
+            telemetry,
             deployments,
             settings,
             budget,

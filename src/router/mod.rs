@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::limiter::{self, Demand, Rate, RateLimitConfig, RateLimiter, ScopeLimits, Ticket};
@@ -568,7 +569,25 @@ impl Router {
                 }
             };
             let started = Instant::now();
-            let (result, settle) = attempt(d.clone(), call.deadline, ticket).await;
+            let span = tracing::info_span!(
+                target: crate::telemetry::OTEL_TARGET,
+                "llmux.attempt",
+                "otel.name" = %format_args!("attempt {}", d.model),
+                "otel.kind" = "client",
+                "gen_ai.system" = crate::telemetry::gen_ai_system(&d.model),
+                "gen_ai.request.model" = %d.model,
+                "llmux.deployment_id" = %d.id,
+                "llmux.model_group" = %d.group,
+                "llmux.retry" = retries,
+                "error.type" = tracing::field::Empty,
+            );
+            let (result, settle) = attempt(d.clone(), call.deadline, ticket)
+                .instrument(span.clone())
+                .await;
+            if let Err(e) = &result {
+                span.record("error.type", e.kind.code());
+            }
+            drop(span);
             let tokens = match settle {
                 Settle::Later if result.is_ok() => None,
                 Settle::Later => Some(0),

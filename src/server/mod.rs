@@ -40,6 +40,8 @@ use crate::error::{Error, Result};
 use crate::hooks;
 use crate::limiter::{FailPolicy, RateLimitConfig};
 use crate::router::Router;
+use crate::telemetry::otlp::OtlpLayer;
+use crate::telemetry::OtlpConfig;
 
 /// How long a stats lease lives in Redis (a crashed process's in-flight counts expire).
 const STATS_LEASE: Duration = Duration::from_secs(120);
@@ -69,6 +71,7 @@ pub struct Gateway {
     /// Limits placement fixed at start: `(failure policy, limits kept in process)`.
     placement: (FailPolicy, bool),
     redis_source: Option<Value>,
+    telemetry: Option<OtlpConfig>,
     pub metrics: metrics::Metrics,
     config_path: Option<PathBuf>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -120,6 +123,7 @@ impl Gateway {
             shared,
             placement,
             redis_source: cfg.redis_source.clone(),
+            telemetry: cfg.telemetry.clone(),
             metrics: metrics::Metrics::default(),
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
@@ -185,6 +189,11 @@ impl Gateway {
         if placement != self.placement || cfg.redis_source != self.redis_source {
             return Err(Error::invalid_config(
                 "redis / rate_limit.distributed / rate_limit.on_redis_failure changed: these need a restart",
+            ));
+        }
+        if cfg.telemetry != self.telemetry {
+            return Err(Error::invalid_config(
+                "telemetry changed: OpenTelemetry export is set up at start and needs a restart",
             ));
         }
         let mut group_list = Vec::new();
@@ -354,7 +363,7 @@ pub async fn bind(opts: &ServeOptions) -> Result<Bound> {
         (None, None) => String::new(),
     };
     let cfg = GatewayConfig::parse(&text)?;
-    init_logging(cfg.debug_logs);
+    init_logging(cfg.debug_logs, cfg.telemetry.as_ref());
     let host = opts
         .host
         .clone()
@@ -470,15 +479,34 @@ pub fn announce(addr: SocketAddr) {
     let _ = out.flush();
 }
 
-/// Sets up JSON logs on stderr once per process (`LLMUX_LOG` filters, default `info`).
-pub fn init_logging(debug: bool) {
+/// Sets up JSON logs on stderr once per process (`LLMUX_LOG` filters, default `info`), and the
+/// OTLP span exporter when `telemetry` is configured. Call it on the runtime.
+pub fn init_logging(debug: bool, telemetry: Option<&OtlpConfig>) {
+    use tracing_subscriber::filter::{filter_fn, EnvFilter};
+    use tracing_subscriber::prelude::*;
+
     let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LLMUX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let mut env = EnvFilter::try_from_env("LLMUX_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    if let Ok(d) = format!("{}=off", crate::telemetry::OTEL_TARGET).parse() {
+        env = env.add_directive(d);
+    }
+    let fmt = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_current_span(false)
-        .try_init();
+        .with_span_list(false)
+        .with_filter(env);
+    let otel = telemetry.map(|c| {
+        let (layer, _stats) = OtlpLayer::start(c.clone());
+        layer.with_filter(filter_fn(OtlpLayer::wants))
+    });
+    if tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_err()
+        && telemetry.is_some()
+    {
+        tracing::warn!("a log subscriber was already installed: OpenTelemetry export is off");
+    }
 }

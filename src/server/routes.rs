@@ -21,6 +21,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::auth::{self, Principal};
 use super::body::Out;
@@ -32,7 +33,7 @@ use crate::error::{Error, ErrorKind};
 use crate::limiter::{
     self, Caller, Demand, Denial, FailPolicy, Limited as Which, Rate, RateInfo, ScopeLimits, Ticket,
 };
-use crate::pipeline::{self, CallOptions, Mock};
+use crate::pipeline::{self, CallMeta, CallOptions, Mock};
 use crate::types::{ChatRequest, EmbeddingRequest, Usage};
 
 /// Request fields that would point the gateway at another upstream or credential: refused,
@@ -163,6 +164,8 @@ impl Drop for InFlight {
 
 /// Where a request is in its life, for the access log and metrics.
 struct Ctx {
+    /// The request's trace span (exported when telemetry is on).
+    span: tracing::Span,
     gw: Arc<Gateway>,
     live: Arc<Live>,
     rid: String,
@@ -182,6 +185,19 @@ impl Ctx {
         ttft: Option<Duration>,
     ) {
         let latency = self.started.elapsed();
+        self.span.record("http.response.status_code", status);
+        if !deployment.is_empty() {
+            self.span.record("llmux.deployment_id", deployment);
+        }
+        if let Some(u) = usage {
+            self.span
+                .record("gen_ai.usage.input_tokens", u.prompt_tokens);
+            self.span
+                .record("gen_ai.usage.output_tokens", u.completion_tokens);
+        }
+        if let Some(c) = cost {
+            self.span.record("llmux.cost_usd", c);
+        }
         self.gw.metrics.record(&Record {
             route: self.route,
             model: if self.model.is_empty() {
@@ -209,7 +225,17 @@ impl Ctx {
         }
     }
 
+    /// Notes which provider and model answered.
+    fn answered_by(&self, meta: &CallMeta) {
+        self.span.record("gen_ai.system", meta.provider);
+        if !meta.upstream_model.is_empty() {
+            self.span
+                .record("gen_ai.response.model", meta.upstream_model.as_str());
+        }
+    }
+
     fn fail(&self, e: &Error) -> Response<Out> {
+        self.span.record("error.type", e.kind.code());
         let r = errors::respond(e, &self.rid);
         self.finish(r.status().as_u16(), "", None, None, None);
         if r.status().is_server_error() {
@@ -217,6 +243,42 @@ impl Ctx {
         }
         r
     }
+}
+
+/// The trace span of a model call, joined to the client's W3C `traceparent` when it sent one.
+fn request_span(op: &'static str, req: &Request<Incoming>, rid: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: crate::telemetry::OTEL_TARGET,
+        "llmux.request",
+        "otel.name" = op,
+        "otel.kind" = "server",
+        "traceparent" = tracing::field::Empty,
+        "gen_ai.operation.name" = op,
+        "gen_ai.system" = tracing::field::Empty,
+        "gen_ai.request.model" = tracing::field::Empty,
+        "gen_ai.response.model" = tracing::field::Empty,
+        "gen_ai.usage.input_tokens" = tracing::field::Empty,
+        "gen_ai.usage.output_tokens" = tracing::field::Empty,
+        "gen_ai.request.stream" = tracing::field::Empty,
+        "http.request.method" = "POST",
+        "url.path" = req.uri().path(),
+        "http.response.status_code" = tracing::field::Empty,
+        "llmux.request_id" = rid,
+        "llmux.deployment_id" = tracing::field::Empty,
+        "llmux.key" = tracing::field::Empty,
+        "llmux.cost_usd" = tracing::field::Empty,
+        "error.type" = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        if let Some(tp) = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+        {
+            span.record("traceparent", tp);
+        }
+    }
+    span
 }
 
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Out>, Infallible> {
@@ -230,8 +292,18 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
     let method = req.method().clone();
     let rid = pipeline::request_id();
     let r = match (&method, p.as_str()) {
-        (&Method::POST, "/chat/completions") => model_call(gw, req, rid, "chat").await,
-        (&Method::POST, "/embeddings") => model_call(gw, req, rid, "embeddings").await,
+        (&Method::POST, "/chat/completions") => {
+            let span = request_span("chat", &req, &rid);
+            model_call(gw, req, rid, "chat", span.clone())
+                .instrument(span)
+                .await
+        }
+        (&Method::POST, "/embeddings") => {
+            let span = request_span("embeddings", &req, &rid);
+            model_call(gw, req, rid, "embeddings", span.clone())
+                .instrument(span)
+                .await
+        }
         (&Method::GET, "/models") => models(&gw, &req, &rid),
         (&Method::GET, "/health/liveliness" | "/health/liveness") => {
             json_response(StatusCode::OK, &json!({"status": "alive"}), &rid)
@@ -592,10 +664,12 @@ async fn model_call(
     req: Request<Incoming>,
     rid: String,
     route: &'static str,
+    span: tracing::Span,
 ) -> Response<Out> {
     let _in_flight = InFlight::new(&gw);
     let live = gw.live();
     let mut ctx = Ctx {
+        span,
         gw: gw.clone(),
         live: live.clone(),
         rid,
@@ -609,6 +683,7 @@ async fn model_call(
         Err(e) => return ctx.fail(&e),
     };
     ctx.who = who.name().to_owned();
+    ctx.span.record("llmux.key", ctx.who.as_str());
     let body = match read_body(req, live.server.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return ctx.fail(&e),
@@ -619,6 +694,20 @@ async fn model_call(
     };
     if let Some(Value::String(m)) = body.get("model") {
         ctx.model = m.clone();
+        if !ctx.span.is_disabled() {
+            ctx.span.record("gen_ai.request.model", m.as_str());
+            ctx.span.record(
+                "otel.name",
+                format!(
+                    "{} {m}",
+                    if route == "chat" {
+                        "chat"
+                    } else {
+                        "embeddings"
+                    }
+                ),
+            );
+        }
     }
     // The payload field each route needs.
     let payload = match route {
@@ -730,6 +819,7 @@ async fn model_call(
                     done.meta.cost,
                     &info,
                 );
+                ctx.answered_by(&done.meta);
                 ctx.finish(
                     200,
                     &routed.deployment_id,
@@ -776,6 +866,7 @@ async fn model_call(
                     done.meta.cost,
                     &info,
                 );
+                ctx.answered_by(&done.meta);
                 ctx.finish(
                     200,
                     &routed.deployment_id,
@@ -843,25 +934,22 @@ async fn stream_call(
     let router = ctx.live.router.clone();
     let prompt = limiter::estimate_prompt_tokens(&req.messages);
     let keepalive = ctx.live.server.keepalive_interval;
-    let ticket_slot = Arc::new(std::sync::Mutex::new(Some(ticket)));
-    let slot = ticket_slot.clone();
-    let opening = AbortOnDrop(tokio::spawn(async move {
-        let out = router.completion_stream(req, &opts, &tags).await;
-        let t = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(t) = t {
-            match out {
+    let span = ctx.span.clone();
+    let opening = AbortOnDrop(tokio::spawn(
+        async move {
+            match router.completion_stream(req, &opts, &tags).await {
                 Ok(mut o) => {
-                    pipeline::settle_when_done(&mut o.value.0, t, prompt);
-                    return Ok(o);
+                    pipeline::settle_when_done(&mut o.value.0, ticket, prompt);
+                    Ok(o)
                 }
                 Err(e) => {
-                    settle(t, Some(&e), 0);
-                    return Err(e);
+                    settle(ticket, Some(&e), 0);
+                    Err(e)
                 }
             }
         }
-        out
-    }));
+        .instrument(span),
+    ));
     let mut opening = opening;
     let early = tokio::time::timeout(keepalive, &mut opening).await;
     let (tx, rx) = mpsc::channel::<Bytes>(32);
@@ -892,7 +980,11 @@ async fn stream_call(
             }),
             _ => None,
         };
+        if let Some(m) = &end.meta {
+            ctx.answered_by(m);
+        }
         if let Some(e) = &end.error {
+            ctx.span.record("error.type", e.kind.code());
             tracing::warn!(request_id = %ctx.rid, model = %ctx.model, kind = e.kind.code(), error = %e.message, chunks = end.chunks, "stream ended with an error");
         }
         ctx.finish(status, &end.deployment, end.usage.as_ref(), cost, end.ttft);
