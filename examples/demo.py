@@ -3,7 +3,8 @@
 Run with ``make demo``. Shows a unary call, a stream arriving chunk by chunk, an async
 fan-out, tool calls, embeddings, and errors: a rate limit retried after the upstream's hint,
 a quota error that is never retried, and an HTML error page classified; then the Router, rate
-limits per user, and the response cache.
+limits per user, the response cache, and the gateway: ``llmux serve`` with
+``examples/config.yaml``, called with the official ``openai`` SDK.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import time
 os.environ.setdefault("OPENAI_API_KEY", "sk-demo-not-a-real-key")
 
 import llmux  # noqa: E402
-from llmux.testing import FakeUpstream  # noqa: E402
+from llmux.testing import FakeUpstream, Gateway  # noqa: E402
+
+CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.yaml")
 
 MSGS = [{"role": "user", "content": "Say hello."}]
 
@@ -230,7 +233,64 @@ def main() -> None:
             hidden = r._hidden_params
             print(f"{name}: cost ${hidden['response_cost']:.6f}, cache_hit {hidden.get('cache_hit', False)}")
         llmux.disable_cache()
+
+        gateway_demo(base)
     print("\ndone.")
+
+
+def gateway_demo(upstream: str) -> None:
+    import openai
+
+    title("11. the gateway: llmux serve --config examples/config.yaml, called with the openai SDK")
+    env = {"LLMUX_UPSTREAM": upstream, "LLMUX_MASTER_KEY": "sk-demo-master", "LLMUX_USER_KEY": "sk-demo-user"}
+    t0 = time.perf_counter()
+    with Gateway(CONFIG, env=env) as gw:
+        print(f"gateway on {gw.base_url} (ready in {1000 * (time.perf_counter() - t0):.0f} ms)")
+        client = openai.OpenAI(base_url=gw.base_url, api_key="sk-demo-user", max_retries=0)
+
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSGS)
+        r = raw.parse()
+        print("unary   :", r.choices[0].message.content[:48] + "...")
+        print(
+            "headers :",
+            f"deployment {raw.headers['x-litellm-model-id']},",
+            f"{raw.headers['x-ratelimit-remaining-requests']}/{raw.headers['x-ratelimit-limit-requests']}",
+            "requests left this minute",
+        )
+
+        pieces = []
+        for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+        print(f"stream  : {len(pieces)} chunks: {'|'.join(pieces[:6])}|...")
+
+        raw = client.chat.completions.with_raw_response.create(model="flaky", messages=MSGS)
+        print(
+            "fallback: 'flaky' answered 503; the gateway fell back",
+            f"({raw.headers['x-litellm-attempted-fallbacks']} group) and answered 200",
+        )
+
+        try:
+            while True:
+                client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)
+        except openai.RateLimitError as e:
+            h = e.response.headers
+            print(f"limit   : 429 after 5 requests/min for key 'demo-user'; Retry-After {h['retry-after']} s")
+
+        try:
+            openai.OpenAI(base_url=gw.base_url, api_key="sk-wrong", max_retries=0).models.list()
+        except openai.AuthenticationError as e:
+            print("auth    :", e.status_code, e.body["message"] if isinstance(e.body, dict) else e.body)
+
+        import urllib.request
+
+        metrics = urllib.request.urlopen(f"{gw.url}/metrics").read().decode()
+        print("metrics :")
+        for line in metrics.splitlines():
+            if line.startswith("llmux_requests_total"):
+                print("   ", line)
+        code = gw.stop()
+        print(f"SIGTERM : drained and exited with status {code}")
 
 
 if __name__ == "__main__":
