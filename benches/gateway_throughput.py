@@ -567,7 +567,7 @@ def run_streams(
         return {"error": f"stream client failed (exit {proc.returncode}): {err.strip()[-400:]}"}
     used = cpu_seconds(tree_pids(root)) - cpu0
     result["contender_cpu_pct"] = 100.0 * used / (time.monotonic() - t0)
-    result["rss_rest_mib"] = mib(rest)
+    result["rss_before_mib"] = mib(rest)
     result["rss_at_max_open_mib"] = mib(at_max[1]) if at_max else None
     result["rss_at_max_open_count"] = at_max[0] if at_max else None
     result["rss_peak_mib"] = mib(sampler.peak_kib)

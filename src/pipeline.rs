@@ -80,6 +80,9 @@ pub struct CallOptions {
     pub admission: Option<Arc<Admission>>,
     /// The caller's team (from `metadata`), for limits by team.
     pub team: Option<String>,
+    /// The router's model group this call was routed for (hooks and the cache see the group,
+    /// not the deployment's model).
+    pub model_group: Option<String>,
 }
 
 impl Default for CallOptions {
@@ -97,6 +100,7 @@ impl Default for CallOptions {
             hooks: None,
             admission: None,
             team: None,
+            model_group: None,
         }
     }
 }
@@ -437,7 +441,12 @@ pub fn request_id() -> String {
 /// The hooks' view of a call: its id, model, caller (the OpenAI `user`), and whether a mock
 /// answers it.
 fn hook_context(req: &ChatRequest, stream: bool, opts: &CallOptions) -> HookContext {
-    let mut ctx = HookContext::new(request_id(), req.model.clone(), stream);
+    let group = opts.model_group.clone();
+    let mut ctx = HookContext::new(
+        request_id(),
+        group.unwrap_or_else(|| req.model.clone()),
+        stream,
+    );
     ctx.caller = req
         .params
         .get("user")

@@ -70,10 +70,15 @@ async fn memory_entries_expire_after_their_ttl() {
 // ---------------------------------------------------------------------------------------------
 // The key.
 
+/// The key of a direct call: the model is the one the request names.
+fn key_of(namespace: Option<&str>, tenant: Option<&str>, r: &ChatRequest) -> String {
+    cache_key(namespace, tenant, &r.model, r)
+}
+
 #[test]
 fn key_ignores_order_and_bookkeeping_and_sees_the_rest() {
     let base = json!({"temperature": 0.2, "max_tokens": 50, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string"}}}}}]});
-    let k = cache_key(None, None, &request("gpt-4o", "hi", base.clone()));
+    let k = key_of(None, None, &request("gpt-4o", "hi", base.clone()));
 
     // The same request written in another order: parameters, nested keys, message keys.
     let mut p = Map::new();
@@ -85,7 +90,7 @@ fn key_ignores_order_and_bookkeeping_and_sees_the_rest() {
     p.insert("temperature".into(), json!(0.2));
     let mut r = ChatRequest::new("gpt-4o", vec![json!({"content": "hi", "role": "user"})]);
     r.params = p;
-    assert_eq!(cache_key(None, None, &r), k, "order never matters");
+    assert_eq!(key_of(None, None, &r), k, "order never matters");
 
     // Transport and bookkeeping keys are not part of the answer.
     let mut noisy = base.clone();
@@ -101,12 +106,12 @@ fn key_ignores_order_and_bookkeeping_and_sees_the_rest() {
     ] {
         noisy[name] = v;
     }
-    assert_eq!(cache_key(None, None, &request("gpt-4o", "hi", noisy)), k);
+    assert_eq!(key_of(None, None, &request("gpt-4o", "hi", noisy)), k);
 
     // Everything that changes the answer changes the key.
     let mut seen = vec![k.clone()];
     let mut differs = |r: ChatRequest, tenant: Option<&str>, ns: Option<&str>, what: &str| {
-        let other = cache_key(ns, tenant, &r);
+        let other = key_of(ns, tenant, &r);
         assert!(!seen.contains(&other), "{what} must change the key");
         seen.push(other);
     };
@@ -158,8 +163,8 @@ fn key_ignores_order_and_bookkeeping_and_sees_the_rest() {
     let mut with_user = base;
     with_user["user"] = json!("alice");
     assert_eq!(
-        cache_key(None, Some("alice"), &request("gpt-4o", "hi", with_user)),
-        cache_key(
+        key_of(None, Some("alice"), &request("gpt-4o", "hi", with_user)),
+        key_of(
             None,
             Some("alice"),
             &request(

@@ -562,3 +562,32 @@ def test_otlp_traces_per_request_and_attempt(fake, tmp_path, monkeypatch_module)
         assert attrs(st)["gen_ai.usage.output_tokens"] == "20"
         assert set(col.content_types) == {"application/json"}
     col.server.shutdown()
+
+
+def test_response_cache_and_cooldowns_survive_a_reload(fake, tmp_path, monkeypatch_module):
+    k, down = f"cache-{uuid.uuid4().hex[:8]}", f"down-{uuid.uuid4().hex[:8]}"
+    models = deployment("cached", fake, **{"x-fake-key": k}) + deployment(
+        "down", fake, **{"x-fake-key": down, "x-fake-status": "429"}
+    )
+    path = tmp_path / "c.yaml"
+    extra = "cache:\n  type: local\n  ttl: 60\n"
+    write_config(path, fake, {}, extra=extra, models=models)
+    with Gateway(path) as g:
+        c = client(g)
+        a = c.chat.completions.create(model="cached", messages=MSGS)
+        b = c.chat.completions.create(model="cached", messages=MSGS)
+        assert a.choices[0].message.content == b.choices[0].message.content == REPLY
+        assert fake.stats(k)["requests"] == 1
+        # A 429 cools the deployment down at once.
+        with pytest.raises(openai.RateLimitError):
+            c.chat.completions.create(model="down", messages=MSGS)
+        assert fake.stats(down)["requests"] == 1
+        # Reload (a new group): the cache keeps its entries and the cooldown holds.
+        write_config(path, fake, {}, extra=extra, models=models + deployment("other", fake))
+        status, _, payload = raw(g, "POST", "/config/reload")
+        assert status == 200, payload
+        assert c.chat.completions.create(model="cached", messages=MSGS).choices[0].message.content == REPLY
+        assert fake.stats(k)["requests"] == 1
+        with pytest.raises(openai.APIStatusError):
+            c.chat.completions.create(model="down", messages=MSGS)
+        assert fake.stats(down)["requests"] == 1

@@ -33,7 +33,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         except KeyboardInterrupt:
             return 0
         except Exception as e:  # a bad config or an address in use: say why, exit non-zero
-            print(f"llmux: {getattr(e, 'message', None) or e}", file=sys.stderr)
+            text = str(getattr(e, "message", None) or e)
+            if text.startswith("llmux.") and ": " in text:
+                text = text.split(": ", 1)[1]  # the exception class is not news to the operator
+            print(f"llmux: {text}", file=sys.stderr)
             return 1
     return 0
 

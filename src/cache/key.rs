@@ -44,7 +44,12 @@ pub const IGNORED_PARAMS: &[&str] = &[
 
 /// The cache key of `req` for `tenant` in `namespace`: `<namespace>:<sha256 hex>`, or the hex
 /// digest alone without a namespace.
-pub fn cache_key(namespace: Option<&str>, tenant: Option<&str>, req: &ChatRequest) -> String {
+pub fn cache_key(
+    namespace: Option<&str>,
+    tenant: Option<&str>,
+    model: &str,
+    req: &ChatRequest,
+) -> String {
     let mut h = HashWriter(Sha256::new());
     let frame = |h: &mut HashWriter, v: &Value| {
         write_canonical(h, v);
@@ -59,7 +64,7 @@ pub fn cache_key(namespace: Option<&str>, tenant: Option<&str>, req: &ChatReques
         &mut h,
         &tenant.map_or(Value::Null, |t| Value::String(t.into())),
     );
-    frame(&mut h, &Value::String(req.model.clone()));
+    frame(&mut h, &Value::String(model.to_owned()));
     for m in &req.messages {
         write_canonical(&mut h, m);
     }
@@ -160,10 +165,25 @@ mod tests {
 
     #[test]
     fn integral_floats_hash_like_integers() {
-        let a = cache_key(None, None, &req(json!({"temperature": 1, "top_p": 0.5})));
-        let b = cache_key(None, None, &req(json!({"temperature": 1.0, "top_p": 0.5})));
+        let a = cache_key(
+            None,
+            None,
+            "m",
+            &req(json!({"temperature": 1, "top_p": 0.5})),
+        );
+        let b = cache_key(
+            None,
+            None,
+            "m",
+            &req(json!({"temperature": 1.0, "top_p": 0.5})),
+        );
         assert_eq!(a, b);
-        let c = cache_key(None, None, &req(json!({"temperature": 1.5, "top_p": 0.5})));
+        let c = cache_key(
+            None,
+            None,
+            "m",
+            &req(json!({"temperature": 1.5, "top_p": 0.5})),
+        );
         assert_ne!(a, c);
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -172,18 +192,18 @@ mod tests {
     #[test]
     fn null_parameters_are_absent_ones() {
         assert_eq!(
-            cache_key(None, None, &req(json!({"seed": null}))),
-            cache_key(None, None, &req(json!({})))
+            cache_key(None, None, "m", &req(json!({"seed": null}))),
+            cache_key(None, None, "m", &req(json!({})))
         );
     }
 
     #[test]
     fn namespace_prefixes_the_key() {
-        let k = cache_key(Some("team-a"), None, &req(json!({})));
+        let k = cache_key(Some("team-a"), None, "m", &req(json!({})));
         assert!(k.starts_with("team-a:"));
         assert_ne!(
             k.trim_start_matches("team-a:"),
-            cache_key(None, None, &req(json!({})))
+            cache_key(None, None, "m", &req(json!({})))
         );
     }
 }

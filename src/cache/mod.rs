@@ -329,7 +329,7 @@ impl Hook for CacheHook {
                 .namespace
                 .as_deref()
                 .or(self.settings.namespace.as_deref());
-            let key = cache_key(namespace, ctx.caller.as_deref(), req);
+            let key = cache_key(namespace, ctx.caller.as_deref(), &ctx.model_group, req);
             let found = if controls.no_cache {
                 None
             } else {

@@ -411,6 +411,7 @@ impl Router {
         let mut o = base.clone();
         o.endpoint = merge_endpoint(&d.endpoint, &base.endpoint);
         o.num_retries = 0;
+        o.model_group = Some(d.group.clone());
         // The router admits calls itself (its `rate_limit` and deployment limits).
         o.admission = None;
         let left = deadline.saturating_duration_since(Instant::now());
