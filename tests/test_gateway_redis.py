@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 import uuid
 
@@ -99,3 +100,49 @@ def test_two_gateways_share_a_cooldown(pair, fake):
     assert "llmux_redis_up 1" in metrics
     ready = json.loads(urllib.request.urlopen(f"{b.url}/health/readiness").read())
     assert ready["redis"] == "connected"
+
+
+@pytest.mark.parametrize("policy", ["closed", "local"])
+def test_redis_vanishing_follows_the_failure_policy(fake, tmp_path, policy):
+    srv = RedisServer()
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"""
+model_list:
+  - model_name: gpt-4o
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{fake.base_url}", api_key: sk-up}}
+general_settings:
+  master_key: {MASTER}
+redis:
+  url: {srv.url}
+  command_timeout: 0.3
+rate_limit:
+  requests_per_minute: 1000
+  on_redis_failure: {policy}
+"""
+    )
+    try:
+        with Gateway(path) as g:
+            c = openai.OpenAI(base_url=g.base_url, api_key=MASTER, max_retries=0)
+            c.chat.completions.create(model="gpt-4o", messages=MSGS)
+            srv.stop()
+            if policy == "closed":
+                with pytest.raises(openai.InternalServerError) as e:
+                    c.chat.completions.create(model="gpt-4o", messages=MSGS)
+                assert e.value.status_code == 503
+                assert int(e.value.response.headers["retry-after"]) >= 1
+            else:
+                for _ in range(3):
+                    c.chat.completions.create(model="gpt-4o", messages=MSGS)
+            try:
+                urllib.request.urlopen(f"{g.url}/health/readiness")
+                status, ready = 200, None
+            except urllib.error.HTTPError as e:
+                status, ready = e.code, json.loads(e.read())
+            assert status == (503 if policy == "closed" else 200)
+            if ready is not None:
+                assert ready["redis"] == "unreachable"
+            # The gateway keeps serving its other routes.
+            assert [m.id for m in c.models.list()] == ["gpt-4o"]
+    finally:
+        srv.stop()
