@@ -7,7 +7,8 @@ after the other, with the same upstream behind every gateway:
 * throughput: `wrk`, 64 connections, a small unary chat completion (req/s, p50, p99, ratio to the
   fake upstream directly, non-2xx responses, socket errors), with the contender's RSS at rest and
   its RSS peak under load;
-* moderate load: `wrk`, 8 connections: p99 through the gateway minus p99 direct ("added latency");
+* moderate load: `wrk`, 8 connections each pausing 4 ms between requests (about 2k req/s):
+  p99 through the gateway minus p99 direct ("added latency");
 * 1000 concurrent streams (slowed by the fake upstream so that they stay open): the contender's
   RSS while all of them are open, and whether every stream got every chunk and `[DONE]`.
 
@@ -322,10 +323,14 @@ end
 """
 
 
-def write_lua(tmp: str, key: str) -> str:
-    path = os.path.join(tmp, f"chat-{key}.lua")
+def write_lua(tmp: str, key: str, pause_ms: float = 0) -> str:
+    """The wrk script; with `pause_ms`, each connection waits that long between requests
+    (a paced, moderate load instead of a saturating one)."""
+    path = os.path.join(tmp, f"chat-{key}-{pause_ms:g}.lua")
     with open(path, "w") as f:
         f.write(WRK_LUA.format(body=CHAT_BODY, key=key))
+        if pause_ms > 0:
+            f.write(f"\ndelay = function() return {pause_ms:g} end\n")
     return path
 
 
@@ -746,6 +751,7 @@ def measure(
         res["error"] = err
         return res
     lua = write_lua(tmp, key)
+    paced = write_lua(tmp, key, a.moderate_pause_ms)
     url = f"{base}/v1/chat/completions"
     upstream = fake.proc.pid if name != "fake" else None
 
@@ -759,9 +765,12 @@ def measure(
     if not alive():
         res["error"] = "exited during the throughput run"
         return res
-    log(f"{name}: moderate load, wrk {a.moderate_connections} connections, {a.duration:g} s")
+    log(
+        f"{name}: moderate load, wrk {a.moderate_connections} connections pausing "
+        f"{a.moderate_pause_ms:g} ms, {a.duration:g} s"
+    )
     res["moderate"] = run_wrk(
-        a.wrk, url, lua, a.moderate_connections, a.duration, a.wrk_threads, proc_pid, upstream
+        a.wrk, url, paced, a.moderate_connections, a.duration, a.wrk_threads, proc_pid, upstream
     )
     if not alive():
         res["error"] = "exited during the moderate-load run"
@@ -915,7 +924,8 @@ def report(results: dict, a: argparse.Namespace) -> list[str]:
     L.append("")
 
     L += [
-        f"### Moderate load: wrk, {a.moderate_connections} connections, {a.duration:g} s",
+        f"### Moderate load: wrk, {a.moderate_connections} connections, each pausing "
+        f"{a.moderate_pause_ms:g} ms between requests, {a.duration:g} s",
         "",
         "| contender | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | non-2xx |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -1179,6 +1189,12 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="wrk warm-up seconds (2; 0 = none)")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--moderate-connections", type=int, default=8)
+    p.add_argument(
+        "--moderate-pause-ms",
+        type=float,
+        default=4,
+        help="pause per connection between requests in the moderate-load run (0: none)",
+    )
     p.add_argument("--wrk", default="wrk")
     p.add_argument("--wrk-threads", type=int, default=2)
     p.add_argument("--upstream-threads", type=int, default=1)
