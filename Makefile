@@ -2,6 +2,7 @@
 #   make demo   build the engine (release) and run the scripted demo against the fake upstream
 #   make test   lint + Rust tests + build + stub check + pytest (what CI runs)
 #   make bench  side-by-side SDK benchmark (llmux, LiteLLM, openai, aiohttp) in .bench-venv
+#   make bench-gateway  llmux serve vs the fake upstream vs the LiteLLM proxy, with wrk
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ VPY := $(abspath $(VENV))/bin/python
 BPY := $(abspath $(BENCH_VENV))/bin/python
 DEV_DEPS := "maturin>=1.8,<2" "pytest>=8" "pytest-asyncio>=0.24" pytest-timeout ruff mypy typing_extensions openai "litellm==1.110.2" anthropic google-genai boto3
 
-.PHONY: demo test lint rust-test stubs pytest build build-release bench clean
+.PHONY: demo test lint rust-test stubs pytest build build-release bench bench-gateway clean
 
 $(VENV)/.deps: Makefile
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
@@ -58,5 +59,18 @@ bench: $(BENCH_VENV)/.deps
 	$(BPY) -m pip install -q --force-reinstall --no-deps target/wheels/*.whl
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BPY) benches/sdk_throughput.py
 
+PROXY_VENV ?= .bench-proxy-venv
+
+$(PROXY_VENV)/.deps: benches/requirements-proxy.txt
+	$(PYTHON) -m venv $(PROXY_VENV)
+	$(PROXY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PROXY_VENV)/bin/python -m pip install -q -r benches/requirements-proxy.txt
+	touch $@
+
+bench-gateway: $(PROXY_VENV)/.deps
+	@command -v wrk >/dev/null || { echo "wrk not found: install it (Debian/Ubuntu: apt-get install wrk)"; exit 1; }
+	cargo build --release --features server --bin llmux --bin llmux-fake-upstream
+	$(PYTHON) benches/gateway_throughput.py --proxy-venv $(PROXY_VENV)
+
 clean:
-	rm -rf target $(VENV) $(BENCH_VENV) python/llmux/*.so
+	rm -rf target $(VENV) $(BENCH_VENV) $(PROXY_VENV) python/llmux/*.so
