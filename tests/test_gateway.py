@@ -591,3 +591,30 @@ def test_response_cache_and_cooldowns_survive_a_reload(fake, tmp_path, monkeypat
         with pytest.raises(openai.APIStatusError):
             c.chat.completions.create(model="down", messages=MSGS)
         assert fake.stats(down)["requests"] == 1
+
+
+def test_a_stream_left_early_is_charged_what_was_streamed(fake, tmp_path, monkeypatch_module):
+    k = f"tpm-{uuid.uuid4().hex[:8]}"
+    models = deployment("slowt", fake, **{"x-fake-chunk-delay-ms": "200", "x-fake-key": k})
+    path = tmp_path / "c.yaml"
+    extra = "  - key: sk-tpm-user\n    key_alias: tpm-user\n    tpm: 6000\n"
+    write_config(path, fake, {}, models=models, extra="")
+    text = path.read_text().replace("keys:\n", "keys:\n" + extra, 1)
+    path.write_text(text)
+    with Gateway(path) as g:
+        s = open_stream(g.port, "slowt", key="sk-tpm-user")
+        read_until(s, b'"content":"Hello! "')
+        s.close()
+        deadline = time.monotonic() + 5
+        while fake.stats(k).get("aborted", 0) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        r = client(g, "sk-tpm-user").chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=MSGS, max_tokens=10
+        )
+        remaining = int(r.headers["x-ratelimit-remaining-tokens"])
+        # The stream reserved its prompt plus 1,024 output tokens; it was charged only its
+        # prompt and the few words streamed, so nearly the whole bucket is left.
+        assert r.headers["x-ratelimit-limit-tokens"] == "6000"
+        assert remaining > 5800, remaining
