@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -146,3 +147,62 @@ rate_limit:
             assert [m.id for m in c.models.list()] == ["gpt-4o"]
     finally:
         srv.stop()
+
+
+def test_budgets_per_key_and_team_hold_across_gateways(fake, redis_srv, tmp_path):
+    # Each call costs (5 prompt + 20 completion tokens) x $0.00001 = $0.00025.
+    team, frank = f"team-{uuid.uuid4().hex[:6]}", f"sk-frank-{uuid.uuid4().hex[:6]}"
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"""
+model_list:
+  - model_name: priced
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: "{fake.base_url}"
+      api_key: sk-up
+      input_cost_per_token: 0.00001
+      output_cost_per_token: 0.00001
+general_settings:
+  master_key: {MASTER}
+redis:
+  url: {redis_srv.url}
+teams:
+  - team_id: {team}
+    max_budget: 0.0002
+    budget_duration: 1d
+keys:
+  - key: {frank}
+    key_alias: frank
+    max_budget: 0.0004
+    budget_duration: 30d
+  - key: sk-dave
+    team_id: {team}
+  - key: sk-erin
+    team_id: {team}
+"""
+    )
+    with Gateway(path) as a, Gateway(path) as b:
+
+        def call(g, key):
+            c = openai.OpenAI(base_url=g.base_url, api_key=key, max_retries=0)
+            return c.chat.completions.create(model="priced", messages=MSGS)
+
+        call(a, frank)
+        time.sleep(0.2)
+        call(b, frank)  # $0.00025 spent < $0.0004: still allowed
+        time.sleep(0.2)
+        with pytest.raises(openai.BadRequestError) as e:
+            call(a, frank)
+        assert e.value.status_code == 400
+        assert "Budget has been exceeded for key 'frank'" in e.value.message
+        assert e.value.body["type"] == "budget_exceeded"
+        # A team's budget is shared by its keys, across gateways.
+        call(a, "sk-dave")
+        time.sleep(0.2)
+        with pytest.raises(openai.BadRequestError, match=f"for team '{team}'"):
+            call(b, "sk-erin")
+        # Other keys are not affected.
+        openai.OpenAI(base_url=b.base_url, api_key=MASTER, max_retries=0).chat.completions.create(
+            model="priced", messages=MSGS
+        )

@@ -245,3 +245,18 @@ def test_a_stream_left_early_is_no_longer_in_flight(fake, key):
     while r.get_deployment_stats()[0]["in_flight"] != 0:
         assert time.monotonic() < deadline, "a closed stream still counts as in flight"
         time.sleep(0.02)
+
+
+def test_a_deployments_own_prices_decide_its_cost(fake, key):
+    priced = dep(fake, "p", key, "p", input_cost_per_token=0.001, output_cost_per_token=0.002)
+    r = llmux.Router(model_list=[priced, dep(fake, "table", key + "t", "t")])
+    out = r.completion(model="p", messages=MSGS)
+    u = out.usage
+    assert out._hidden_params["response_cost"] == pytest.approx(
+        u.prompt_tokens * 0.001 + u.completion_tokens * 0.002
+    )
+    emb = r.embedding(model="p", input="a b c")
+    assert emb._hidden_params["response_cost"] == pytest.approx(emb.usage.prompt_tokens * 0.001)
+    # Without prices of its own, the price table's (gpt-4o-mini) applies.
+    table = r.completion(model="table", messages=MSGS)._hidden_params["response_cost"]
+    assert 0 < table < out._hidden_params["response_cost"] / 100

@@ -77,6 +77,67 @@ pub struct VirtualKey {
     /// Seconds since the epoch after which the key is refused.
     pub expires_at: Option<u64>,
     pub team_id: Option<String>,
+    /// Spend allowed in USD per budget window (`None`: no budget).
+    pub max_budget: Option<f64>,
+    /// The budget window (`budget_duration`; no duration: the budget never resets).
+    pub budget_window: Duration,
+}
+
+/// A team's budget from the `teams` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeamBudget {
+    pub team_id: String,
+    pub max_budget: f64,
+    pub budget_window: Duration,
+}
+
+/// The window of a budget without `budget_duration`: in practice, never reset.
+pub const NO_RESET: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// LiteLLM's `budget_duration`: `30s`, `30m`, `24h`, `30d`, or a number of seconds.
+pub fn parse_duration(v: &Value, path: &str) -> Result<Duration> {
+    let err = || {
+        bad(format!(
+            "{path} must be a duration such as 30s, 15m, 24h, 30d, or seconds"
+        ))
+    };
+    if let Some(n) = v.as_f64() {
+        return (n.is_finite() && n > 0.0)
+            .then(|| Duration::from_secs_f64(n))
+            .ok_or_else(err);
+    }
+    let s = v.as_str().ok_or_else(err)?.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(err)?;
+    let n: f64 = s[..split].parse().map_err(|_| err())?;
+    let unit = match &s[split..] {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return Err(err()),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(err());
+    }
+    Ok(Duration::from_secs_f64(n * unit))
+}
+
+fn budget(m: &Map<String, Value>, path: &str) -> Result<(Option<f64>, Duration)> {
+    let max = match m.get("max_budget") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .ok_or_else(|| bad(format!("{path}.max_budget must be a number of USD >= 0")))?,
+        ),
+    };
+    let window = match m.get("budget_duration") {
+        None | Some(Value::Null) => NO_RESET,
+        Some(v) => parse_duration(v, &format!("{path}.budget_duration"))?,
+    };
+    Ok((max, window))
 }
 
 impl std::fmt::Debug for VirtualKey {
@@ -128,6 +189,8 @@ pub struct GatewayConfig {
     pub drop_params: bool,
     pub master_key: Option<Secret>,
     pub keys: Vec<VirtualKey>,
+    /// Team budgets by team id.
+    pub teams: Vec<TeamBudget>,
     pub rate_limit: Option<RateLimitConfig>,
     /// Whether `rate_limit.distributed` was written (else limits follow `redis`).
     pub rate_limit_explicit_local: bool,
@@ -147,6 +210,7 @@ const TOP_KEYS: &[&str] = &[
     "litellm_settings",
     "general_settings",
     "keys",
+    "teams",
     "rate_limit",
     "redis",
     "cache",
@@ -183,7 +247,11 @@ const KEY_KEYS: &[&str] = &[
     "max_parallel_requests",
     "expires",
     "team_id",
+    "max_budget",
+    "budget_duration",
 ];
+
+const TEAM_KEYS: &[&str] = &["team_id", "max_budget", "budget_duration"];
 
 const SERVER_KEYS: &[&str] = &[
     "host",
@@ -377,6 +445,7 @@ fn virtual_key(v: &Value, i: usize) -> Result<VirtualKey> {
                 .map_err(|_| bad(format!("{path}.models must be a list of model names")))?,
         ),
     };
+    let (max_budget, budget_window) = budget(m, &path)?;
     let either = |a: &str, b: &str| -> Result<Option<u64>> {
         Ok(opt_u64(m, a, &path)?.or(opt_u64(m, b, &path)?))
     };
@@ -393,6 +462,25 @@ fn virtual_key(v: &Value, i: usize) -> Result<VirtualKey> {
             .map(|v| parse_expiry(v, &format!("{path}.expires")))
             .transpose()?,
         team_id: opt_string(m, "team_id", &path)?,
+        max_budget,
+        budget_window,
+    })
+}
+
+fn team(v: &Value, i: usize) -> Result<TeamBudget> {
+    let path = format!("teams[{i}]");
+    let m = v
+        .as_object()
+        .ok_or_else(|| bad(format!("{path} must be a mapping")))?;
+    only_known(m, TEAM_KEYS, &path)?;
+    let team_id = opt_string(m, "team_id", &path)?
+        .ok_or_else(|| bad(format!("{path}.team_id is required")))?;
+    let (max, budget_window) = budget(m, &path)?;
+    let max_budget = max.ok_or_else(|| bad(format!("{path}.max_budget is required")))?;
+    Ok(TeamBudget {
+        team_id,
+        max_budget,
+        budget_window,
     })
 }
 
@@ -590,6 +678,22 @@ impl GatewayConfig {
             ));
         }
 
+        let teams = match root.get("teams") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, t)| team(t, i))
+                .collect::<Result<Vec<_>>>()?,
+            Some(_) => return Err(bad("teams must be a list")),
+        };
+        let mut team_ids = std::collections::HashSet::new();
+        for t in &teams {
+            if !team_ids.insert(t.team_id.as_str()) {
+                return Err(bad(format!("teams: team '{}' appears twice", t.team_id)));
+            }
+        }
+
         let rate_limit_src = root.get("rate_limit").filter(|v| !v.is_null());
         let rate_limit = rate_limit_src.map(RateLimitConfig::from_json).transpose()?;
         let rate_limit_explicit_local = rate_limit_src.and_then(|r| r.get("distributed")).is_some();
@@ -650,6 +754,7 @@ impl GatewayConfig {
             drop_params,
             master_key,
             keys,
+            teams,
             rate_limit,
             rate_limit_explicit_local,
             redis,
@@ -739,6 +844,33 @@ router_settings:
             let e = GatewayConfig::parse(&text).unwrap_err();
             assert!(e.message.contains(want), "{want:?} not in {:?}", e.message);
         }
+    }
+
+    #[test]
+    fn budgets_and_durations() {
+        let d = |v: Value| parse_duration(&v, "x");
+        assert_eq!(d(json!("30s")).unwrap(), Duration::from_secs(30));
+        assert_eq!(d(json!("1.5h")).unwrap(), Duration::from_secs(5400));
+        assert_eq!(d(json!("30d")).unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(d(json!(90)).unwrap(), Duration::from_secs(90));
+        assert!(d(json!("30w")).is_err() && d(json!("h")).is_err() && d(json!(-1)).is_err());
+        let text =
+            format!("{BASE}teams:\n  - {{team_id: t1, max_budget: 5, budget_duration: 1d}}\n")
+                .replace(
+                    "key_alias: alice",
+                    "key_alias: alice\n    team_id: t1\n    max_budget: 0.5",
+                );
+        std::env::set_var("LLMUX_TEST_KEY_A", "x");
+        let c = GatewayConfig::parse(&text).unwrap();
+        assert_eq!(c.keys[0].max_budget, Some(0.5));
+        assert_eq!(c.keys[0].budget_window, NO_RESET);
+        assert_eq!(c.teams[0].budget_window, Duration::from_secs(86_400));
+        let e = GatewayConfig::parse(&text.replace("max_budget: 5,", "")).unwrap_err();
+        assert!(
+            e.message.contains("teams[0].max_budget is required"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

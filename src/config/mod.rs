@@ -95,6 +95,7 @@ pub fn deployment(entry: &Value, index: usize) -> Result<Deployment> {
         timeout: None,
         tags: Vec::new(),
         cost_per_token: None,
+        price_override: None,
         params: Map::new(),
         mock: None,
         extra_headers: Vec::new(),
@@ -148,11 +149,15 @@ pub fn deployment(entry: &Value, index: usize) -> Result<Deployment> {
             }
         }
     }
-    d.cost_per_token = match (cin, cout) {
+    d.price_override = match (cin, cout) {
         (Some(i), Some(o)) => Some((i, o)),
         (Some(i), None) => Some((i, 0.0)),
         (None, Some(o)) => Some((0.0, o)),
-        (None, None) => pricing::lookup(None, &d.model).map(|e| {
+        (None, None) => None,
+    };
+    d.cost_per_token = match d.price_override {
+        Some(p) => Some(p),
+        None => pricing::lookup(None, &d.model).map(|e| {
             let f = |k: &str| e.get(k).and_then(Value::as_f64).unwrap_or(0.0);
             (f("input_cost_per_token"), f("output_cost_per_token"))
         }),

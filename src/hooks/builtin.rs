@@ -40,12 +40,10 @@ enum SpendStore {
     Redis(RedisPool),
 }
 
-/// The spend budget hook.
+/// Spend in USD per key within a window that starts with the key's first spend: in this
+/// process, or in Redis (shared by every process on it, the window as the key's TTL).
 #[derive(Debug)]
-pub struct BudgetHook {
-    max_budget: f64,
-    window: Duration,
-    scope: BudgetScope,
+pub struct SpendLedger {
     store: SpendStore,
     prefix: String,
 }
@@ -56,41 +54,19 @@ if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) 
 return v
 ";
 
-impl BudgetHook {
-    pub fn local(max_budget: f64, window: Duration, scope: BudgetScope) -> Self {
-        BudgetHook {
-            max_budget,
-            window,
-            scope,
+impl SpendLedger {
+    pub fn local() -> Self {
+        SpendLedger {
             store: SpendStore::Local(Mutex::new(HashMap::new())),
             prefix: String::new(),
         }
     }
 
-    /// Spend shared through Redis under `prefix` (hash-tagged per scope key).
-    pub fn redis(
-        max_budget: f64,
-        window: Duration,
-        scope: BudgetScope,
-        pool: RedisPool,
-        prefix: &str,
-    ) -> Self {
-        BudgetHook {
-            max_budget,
-            window,
-            scope,
+    /// Spend shared through Redis under `prefix` (hash-tagged per key).
+    pub fn redis(pool: RedisPool, prefix: &str) -> Self {
+        SpendLedger {
             store: SpendStore::Redis(pool),
             prefix: prefix.to_owned(),
-        }
-    }
-
-    fn key(&self, req: &ChatRequest) -> String {
-        match self.scope {
-            BudgetScope::Global => "global".to_owned(),
-            BudgetScope::User => format!(
-                "user:{}",
-                req.params.get("user").and_then(Value::as_str).unwrap_or("")
-            ),
         }
     }
 
@@ -98,12 +74,13 @@ impl BudgetHook {
         format!("{}:budget:{{{key}}}", self.prefix)
     }
 
-    async fn spent(&self, key: &str) -> Result<f64> {
+    /// What `key` spent in its current window.
+    pub async fn spent(&self, key: &str, window: Duration) -> Result<f64> {
         match &self.store {
             SpendStore::Local(m) => {
                 let mut m = m.lock().unwrap_or_else(PoisonError::into_inner);
                 Ok(match m.get(key) {
-                    Some((v, start)) if start.elapsed() < self.window => *v,
+                    Some((v, start)) if start.elapsed() < window => *v,
                     Some(_) => {
                         m.remove(key);
                         0.0
@@ -120,12 +97,13 @@ impl BudgetHook {
         }
     }
 
-    async fn add(&self, key: &str, cost: f64) -> Result<()> {
+    /// Adds `cost` to `key`'s spend (a new window starts when the last one ended).
+    pub async fn add(&self, key: &str, cost: f64, window: Duration) -> Result<()> {
         match &self.store {
             SpendStore::Local(m) => {
                 let mut m = m.lock().unwrap_or_else(PoisonError::into_inner);
                 let e = m.entry(key.to_owned()).or_insert((0.0, Instant::now()));
-                if e.1.elapsed() >= self.window {
+                if e.1.elapsed() >= window {
                     *e = (0.0, Instant::now());
                 }
                 e.0 += cost;
@@ -133,7 +111,7 @@ impl BudgetHook {
             }
             SpendStore::Redis(pool) => {
                 let script = redis::Script::new(ADD_SPEND);
-                let ms = self.window.as_millis().max(1).to_string();
+                let ms = window.as_millis().max(1).to_string();
                 let _: String = pool
                     .eval(
                         &script,
@@ -145,6 +123,60 @@ impl BudgetHook {
             }
         }
     }
+}
+
+/// The error of a call refused by a budget (LiteLLM's wording).
+pub fn budget_exceeded(spent: f64, max_budget: f64, whose: &str) -> Error {
+    Error::new(
+        ErrorKind::BudgetExceeded,
+        format!("Budget has been exceeded{whose}! Current cost: {spent}, Max budget: {max_budget}"),
+    )
+}
+
+/// The spend budget hook.
+#[derive(Debug)]
+pub struct BudgetHook {
+    max_budget: f64,
+    window: Duration,
+    scope: BudgetScope,
+    ledger: SpendLedger,
+}
+
+impl BudgetHook {
+    pub fn local(max_budget: f64, window: Duration, scope: BudgetScope) -> Self {
+        BudgetHook {
+            max_budget,
+            window,
+            scope,
+            ledger: SpendLedger::local(),
+        }
+    }
+
+    /// Spend shared through Redis under `prefix` (hash-tagged per scope key).
+    pub fn redis(
+        max_budget: f64,
+        window: Duration,
+        scope: BudgetScope,
+        pool: RedisPool,
+        prefix: &str,
+    ) -> Self {
+        BudgetHook {
+            max_budget,
+            window,
+            scope,
+            ledger: SpendLedger::redis(pool, prefix),
+        }
+    }
+
+    fn key(&self, req: &ChatRequest) -> String {
+        match self.scope {
+            BudgetScope::Global => "global".to_owned(),
+            BudgetScope::User => format!(
+                "user:{}",
+                req.params.get("user").and_then(Value::as_str).unwrap_or("")
+            ),
+        }
+    }
 
     /// The current spend of the global scope (or of one user), for reporting.
     pub async fn current(&self, user: Option<&str>) -> Result<f64> {
@@ -153,7 +185,7 @@ impl BudgetHook {
             (BudgetScope::User, None) => "user:".to_owned(),
             (BudgetScope::Global, _) => "global".to_owned(),
         };
-        self.spent(&key).await
+        self.ledger.spent(&key, self.window).await
     }
 }
 
@@ -177,15 +209,9 @@ impl Hook for BudgetHook {
     ) -> BoxFuture<'a, Result<Pre>> {
         Box::pin(async move {
             let key = self.key(req);
-            let spent = self.spent(&key).await?;
+            let spent = self.ledger.spent(&key, self.window).await?;
             if spent >= self.max_budget {
-                let mut e = Error::new(
-                    ErrorKind::BudgetExceeded,
-                    format!(
-                        "Budget has been exceeded! Current cost: {spent}, Max budget: {}",
-                        self.max_budget
-                    ),
-                );
+                let mut e = budget_exceeded(spent, self.max_budget, "");
                 e.model = Some(req.model.clone());
                 return Ok(Pre::Reject(e));
             }
@@ -215,7 +241,7 @@ impl Hook for BudgetHook {
                     BudgetScope::Global => "global".to_owned(),
                     BudgetScope::User => format!("user:{user}"),
                 };
-                self.add(&key, cost).await?;
+                self.ledger.add(&key, cost, self.window).await?;
             }
             Ok(())
         })

@@ -55,6 +55,9 @@ pub struct Deployment {
     pub tags: Vec<String>,
     /// `(input, output)` USD per token, from the entry or the price table.
     pub cost_per_token: Option<(f64, f64)>,
+    /// `(input, output)` USD per token written in the entry itself: what its calls cost,
+    /// whatever the price table says.
+    pub price_override: Option<(f64, f64)>,
     /// Other `litellm_params` sent as request parameters (`temperature`, vendor options).
     pub params: Map<String, Value>,
     pub mock: Option<Mock>,
@@ -238,6 +241,15 @@ impl Router {
         )
         .await
         .map_err(|e| pipeline::denied(e, group))
+    }
+
+    /// The price written in a deployment's entry, if any (for costs computed after the call,
+    /// such as a stream's).
+    pub fn price_override(&self, deployment_id: &str) -> Option<(f64, f64)> {
+        self.deployments
+            .iter()
+            .find(|d| d.id == deployment_id)
+            .and_then(|d| d.price_override)
     }
 
     pub fn settings(&self) -> &Settings {
@@ -675,8 +687,12 @@ impl Router {
                         ),
                     ));
                 }
+                let price = d.price_override;
                 async move {
-                    let out = pipeline::completion(r, &o).await;
+                    let mut out = pipeline::completion(r, &o).await;
+                    if let (Some(p), Ok(done)) = (price, out.as_mut()) {
+                        reprice(&mut done.meta, done.response.usage.as_ref(), p);
+                    }
                     let tokens = out.as_ref().ok().and_then(Completed::total_tokens);
                     ticket.settle(tokens.unwrap_or(0));
                     (out, Settle::Now(tokens))
@@ -786,8 +802,12 @@ impl Router {
                 let mut r = req.clone();
                 r.model = d.model.clone();
                 let o = self.options_for(&d, opts, deadline);
+                let price = d.price_override;
                 async move {
-                    let out = pipeline::embedding(r, &o).await;
+                    let mut out = pipeline::embedding(r, &o).await;
+                    if let (Some(p), Ok(done)) = (price, out.as_mut()) {
+                        reprice(&mut done.meta, done.response.usage.as_ref(), p);
+                    }
                     let tokens = out.as_ref().ok().and_then(Completed::total_tokens);
                     ticket.settle(tokens.unwrap_or(0));
                     (out, Settle::Now(tokens))
@@ -806,6 +826,16 @@ impl Router {
         } else {
             self.settings.timeout
         }
+    }
+}
+
+/// Prices a call with a deployment's own per-token prices (a cache hit stays free).
+pub fn reprice(meta: &mut CallMeta, usage: Option<&Usage>, (input, output): (f64, f64)) {
+    if meta.cache_hit {
+        return;
+    }
+    if let Some(u) = usage {
+        meta.cost = Some(u.prompt_tokens as f64 * input + u.completion_tokens as f64 * output);
     }
 }
 

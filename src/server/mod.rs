@@ -34,10 +34,11 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::cache::{CacheBackend, CacheHook, CacheSettings, MemoryCache, RedisCache};
-use crate::config::file::{CacheConfig, GatewayConfig, ServerSettings, VirtualKey};
+use crate::config::file::{CacheConfig, GatewayConfig, ServerSettings, TeamBudget, VirtualKey};
 use crate::config::{self, SharedState};
 use crate::error::{Error, Result};
 use crate::hooks;
+use crate::hooks::builtin::SpendLedger;
 use crate::limiter::{FailPolicy, RateLimitConfig};
 use crate::router::Router;
 use crate::telemetry::otlp::OtlpLayer;
@@ -55,6 +56,8 @@ pub struct Live {
     pub group_list: Vec<String>,
     /// Virtual keys by SHA-256 digest.
     pub keys: HashMap<[u8; 32], Arc<VirtualKey>>,
+    /// Team budgets by team id.
+    pub teams: HashMap<String, TeamBudget>,
     pub master_digest: Option<[u8; 32]>,
     pub rate_limit: Option<RateLimitConfig>,
     pub hooks: Option<Arc<hooks::Pipeline>>,
@@ -68,6 +71,8 @@ pub struct Live {
 pub struct Gateway {
     live: RwLock<Arc<Live>>,
     pub shared: SharedState,
+    /// Spend per key and team (in Redis when the gateway has one), kept across reloads.
+    pub spend: SpendLedger,
     /// Limits placement fixed at start: `(failure policy, limits kept in process)`.
     placement: (FailPolicy, bool),
     redis_source: Option<Value>,
@@ -112,6 +117,7 @@ impl Gateway {
                 groups: HashSet::new(),
                 group_list: Vec::new(),
                 keys: HashMap::new(),
+                teams: HashMap::new(),
                 master_digest: None,
                 rate_limit: None,
                 hooks: None,
@@ -120,6 +126,10 @@ impl Gateway {
                 server: ServerSettings::default(),
                 loaded_at: SystemTime::now(),
             })),
+            spend: match &shared.redis {
+                Some(pool) => SpendLedger::redis(pool.clone(), "llmux"),
+                None => SpendLedger::local(),
+            },
             shared,
             placement,
             redis_source: cfg.redis_source.clone(),
@@ -218,6 +228,11 @@ impl Gateway {
             router: Arc::new(router),
             groups: group_list.iter().cloned().collect(),
             group_list,
+            teams: cfg
+                .teams
+                .into_iter()
+                .map(|t| (t.team_id.clone(), t))
+                .collect(),
             keys: cfg
                 .keys
                 .into_iter()

@@ -173,6 +173,7 @@ struct Ctx {
     route: &'static str,
     model: String,
     who: String,
+    principal: Principal,
 }
 
 impl Ctx {
@@ -225,8 +226,9 @@ impl Ctx {
         }
     }
 
-    /// Notes which provider and model answered.
-    fn answered_by(&self, meta: &CallMeta) {
+    /// Notes which provider and model answered, and charges the caller's budgets.
+    fn answered_by(&self, meta: &CallMeta, cost: Option<f64>) {
+        charge(&self.gw, &self.live, &self.principal, cost);
         self.span.record("gen_ai.system", meta.provider);
         if !meta.upstream_model.is_empty() {
             self.span
@@ -630,7 +632,7 @@ fn scopes(
         team = k.team_id.clone();
         if k.has_limits() {
             out.push(ScopeLimits {
-                scope: format!("vkey:{}", &hex(&k.digest)[..24]),
+                scope: format!("vkey:{}", key_hex(&k.digest)),
                 rpm: k.rpm.map(Rate::per_minute),
                 tpm: k.tpm.map(Rate::per_minute),
                 max_parallel: k.max_parallel_requests,
@@ -646,6 +648,78 @@ fn scopes(
         out.push(cfg.scope_for(&caller, model));
     }
     out
+}
+
+/// The budgets a caller spends against: `(ledger key, max USD, window, whose)`.
+fn budgets(live: &Live, who: &Principal) -> Vec<(String, f64, Duration, String)> {
+    let Principal::Key(k) = who else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(max) = k.max_budget {
+        out.push((
+            format!("vkey:{}", key_hex(&k.digest)),
+            max,
+            k.budget_window,
+            format!(" for key '{}'", k.alias),
+        ));
+    }
+    if let Some(t) = k.team_id.as_ref().and_then(|t| live.teams.get(t)) {
+        out.push((
+            format!("team:{}", t.team_id),
+            t.max_budget,
+            t.budget_window,
+            format!(" for team '{}'", t.team_id),
+        ));
+    }
+    out
+}
+
+/// Refuses a caller whose key or team spent its budget (400 `budget_exceeded`, as LiteLLM's
+/// proxy answers). Budgets fail closed: a spend store that does not answer refuses the call.
+async fn check_budgets(gw: &Gateway, live: &Live, who: &Principal) -> Result<(), Error> {
+    for (key, max, window, whose) in budgets(live, who) {
+        let spent = gw.spend.spent(&key, window).await.map_err(|e| {
+            ours(
+                ErrorKind::ServiceUnavailable,
+                format!("cannot check the budget{whose}: {}", e.message),
+            )
+            .with_status(503)
+        })?;
+        if spent >= max {
+            let mut e = crate::hooks::builtin::budget_exceeded(spent, max, &whose);
+            e.provider = Some("llmux".into());
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Adds a call's cost to its key's and team's spend, off the response path.
+fn charge(gw: &Arc<Gateway>, live: &Live, who: &Principal, cost: Option<f64>) {
+    let Some(cost) = cost.filter(|c| *c > 0.0) else {
+        return;
+    };
+    let budgets = budgets(live, who);
+    if budgets.is_empty() {
+        return;
+    }
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        for (key, _, window, whose) in budgets {
+            if let Err(e) = gw.spend.add(&key, cost, window).await {
+                tracing::warn!(error = %e.message, "cannot record spend{whose}");
+            }
+        }
+    });
+}
+
+fn key_hex(d: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(24);
+    for b in &d[..12] {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 /// Settles an admission after the call: refunded whole when the router refused to send it,
@@ -677,12 +751,14 @@ async fn model_call(
         route,
         model: String::new(),
         who: String::new(),
+        principal: Principal::Open,
     };
     let (who, digest) = match auth::authenticate(&live, req.headers()) {
         Ok(a) => a,
         Err(e) => return ctx.fail(&e),
     };
     ctx.who = who.name().to_owned();
+    ctx.principal = who.clone();
     ctx.span.record("llmux.key", ctx.who.as_str());
     let body = match read_body(req, live.server.max_body_bytes).await {
         Ok(b) => b,
@@ -752,6 +828,9 @@ async fn model_call(
             ),
         ));
     }
+    if let Err(e) = check_budgets(&gw, &live, &who).await {
+        return ctx.fail(&e);
+    }
     let user = call
         .params
         .get("user")
@@ -819,7 +898,7 @@ async fn model_call(
                     done.meta.cost,
                     &info,
                 );
-                ctx.answered_by(&done.meta);
+                ctx.answered_by(&done.meta, done.meta.cost);
                 ctx.finish(
                     200,
                     &routed.deployment_id,
@@ -866,7 +945,7 @@ async fn model_call(
                     done.meta.cost,
                     &info,
                 );
-                ctx.answered_by(&done.meta);
+                ctx.answered_by(&done.meta, done.meta.cost);
                 ctx.finish(
                     200,
                     &routed.deployment_id,
@@ -974,14 +1053,21 @@ async fn stream_call(
             (None, true) => 499,
             (None, false) => 200,
         };
+        let price = ctx.live.router.price_override(&end.deployment);
         let cost = match (&end.meta, &end.usage) {
-            (Some(m), Some(u)) => m.cost.or_else(|| {
-                crate::pricing::cost(Some(m.provider), &m.upstream_model, u).map(|c| c.total())
-            }),
+            (Some(m), Some(u)) => {
+                let mut m = m.clone();
+                if let Some(p) = price {
+                    crate::router::reprice(&mut m, Some(u), p);
+                }
+                m.cost.or_else(|| {
+                    crate::pricing::cost(Some(m.provider), &m.upstream_model, u).map(|c| c.total())
+                })
+            }
             _ => None,
         };
         if let Some(m) = &end.meta {
-            ctx.answered_by(m);
+            ctx.answered_by(m, cost);
         }
         if let Some(e) = &end.error {
             ctx.span.record("error.type", e.kind.code());
