@@ -83,6 +83,8 @@ pub struct CallOptions {
     /// The router's model group this call was routed for (hooks and the cache see the group,
     /// not the deployment's model).
     pub model_group: Option<String>,
+    /// The router's deployment for this attempt (hooks see it in their context).
+    pub deployment_id: Option<String>,
 }
 
 impl Default for CallOptions {
@@ -101,6 +103,7 @@ impl Default for CallOptions {
             admission: None,
             team: None,
             model_group: None,
+            deployment_id: None,
         }
     }
 }
@@ -447,6 +450,7 @@ fn hook_context(req: &ChatRequest, stream: bool, opts: &CallOptions) -> HookCont
         group.unwrap_or_else(|| req.model.clone()),
         stream,
     );
+    ctx.deployment = opts.deployment_id.clone();
     ctx.caller = req
         .params
         .get("user")

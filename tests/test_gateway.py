@@ -618,3 +618,46 @@ def test_a_stream_left_early_is_charged_what_was_streamed(fake, tmp_path, monkey
         # prompt and the few words streamed, so nearly the whole bucket is left.
         assert r.headers["x-ratelimit-limit-tokens"] == "6000"
         assert remaining > 5800, remaining
+
+
+def test_python_callbacks_named_in_the_config(fake, tmp_path, monkeypatch_module):
+    import os
+
+    events = tmp_path / "events.jsonl"
+    path = tmp_path / "c.yaml"
+    write_config(path, fake, {}, extra="litellm_settings:\n  callbacks: [gw_callbacks.handler]\n")
+    env = {"LLMUX_TEST_EVENTS": str(events), "PYTHONPATH": os.path.dirname(__file__)}
+
+    def rows(n):
+        deadline = time.monotonic() + 10
+        while True:
+            lines = events.read_text().splitlines() if events.exists() else []
+            if len(lines) >= n:
+                return [json.loads(x) for x in lines]
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+
+    with Gateway(path, env=env) as g:
+        c = client(g)
+        raw_r = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSGS)
+        r = raw_r.parse()
+        # The pre-call hook added a message: 2 words + 3 more prompt tokens than MSGS alone (5).
+        assert r.usage.prompt_tokens == 10
+        (ok,) = rows(1)
+        assert ok["kind"] == "success" and ok["content"] == REPLY
+        assert ok["model_group"] == "gpt-4o" and ok["model_id"] == raw_r.headers["x-litellm-model-id"]
+        assert ok["prompt_tokens"] == 10 and ok["cost"] > 0
+        # A hook's refusal is the caller's 400, and nothing is sent upstream.
+        with pytest.raises(openai.BadRequestError, match="not allowed here"):
+            c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "forbidden"}])
+        # A failure is logged as one.
+        with pytest.raises(openai.APIStatusError):
+            c.chat.completions.create(model="html", messages=MSGS)
+        assert rows(2)[1]["kind"] == "failure" and rows(2)[1]["model_group"] == "html"
+        # A stream is logged once, with its whole answer, when it ends.
+        text = "".join(
+            ch.choices[0].delta.content or ""
+            for ch in c.chat.completions.create(model="slow", messages=MSGS, stream=True)
+            if ch.choices
+        )
+        assert rows(3)[2]["kind"] == "success" and rows(3)[2]["content"] == text == REPLY

@@ -278,8 +278,15 @@ class Call:
             self._apply_hook_result(fut.result(PRE_CALL_HOOK_TIMEOUT))
 
     # --- events ---------------------------------------------------------------------------
-    def _log_kwargs(self, response: Any = None, exc: Optional[BaseException] = None, end: Any = None) -> dict:
-        hidden = getattr(response, "_hidden_params", None) or {}
+    def _log_kwargs(
+        self,
+        response: Any = None,
+        exc: Optional[BaseException] = None,
+        end: Any = None,
+        hidden: Optional[dict] = None,
+    ) -> dict:
+        if hidden is None:
+            hidden = getattr(response, "_hidden_params", None) or {}
         usage = _plain(response.get("usage")) if response is not None and hasattr(response, "get") else None
         usage = usage or {}
         end = end or datetime.datetime.now()
@@ -348,10 +355,10 @@ class Call:
             args = (self._log_kwargs(response, end=end), response, self.start, end)
             _enqueue(("success", self.loggers, self.success, args))
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, hidden: Optional[dict] = None) -> None:
         if self.loggers or self.failure:
             end = datetime.datetime.now()
-            args = (self._log_kwargs(None, exc, end), None, self.start, end)
+            args = (self._log_kwargs(None, exc, end, hidden), None, self.start, end)
             _enqueue(("failure", self.loggers, self.failure, args))
 
     def wants_chunks(self) -> bool:

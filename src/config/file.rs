@@ -202,6 +202,8 @@ pub struct GatewayConfig {
     pub debug_logs: bool,
     /// OpenTelemetry export (the `telemetry` block).
     pub telemetry: Option<OtlpConfig>,
+    /// Python callbacks to load (`litellm_settings.callbacks`: `module.attribute` names).
+    pub callbacks: Vec<String>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -230,6 +232,7 @@ const LITELLM_KEYS: &[&str] = &[
     "cache_params",
     "set_verbose",
     "json_logs",
+    "callbacks",
 ];
 
 const GENERAL_KEYS: &[&str] = &["master_key", "max_request_size_mb"];
@@ -575,7 +578,20 @@ impl GatewayConfig {
         let mut drop_params = false;
         let mut debug_logs = false;
         let mut cache = None;
+        let mut callbacks = Vec::new();
         if let Some(l) = litellm {
+            callbacks = match l.get("callbacks") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+                    bad("litellm_settings.callbacks must be a module.attribute name or a list of them")
+                })?,
+            };
+            if let Some(name) = callbacks.iter().find(|n| !n.contains('.')) {
+                return Err(bad(format!(
+                    "litellm_settings.callbacks: '{name}' must name an object as module.attribute"
+                )));
+            }
             only_known(l, LITELLM_KEYS, "litellm_settings")?;
             drop_params = opt_bool(l, "drop_params", "litellm_settings")?.unwrap_or(false);
             debug_logs = opt_bool(l, "set_verbose", "litellm_settings")?.unwrap_or(false);
@@ -747,6 +763,7 @@ impl GatewayConfig {
             .transpose()?;
 
         Ok(GatewayConfig {
+            callbacks,
             telemetry,
             deployments,
             settings,

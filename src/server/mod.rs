@@ -47,6 +47,10 @@ use crate::telemetry::OtlpConfig;
 /// How long a stats lease lives in Redis (a crashed process's in-flight counts expire).
 const STATS_LEASE: Duration = Duration::from_secs(120);
 
+/// Builds hooks from `litellm_settings.callbacks` names (`module.attribute`). The Python
+/// package provides one; the Rust binary has none and refuses such a config.
+pub type HookLoader = Arc<dyn Fn(&[String]) -> Result<Vec<Arc<dyn hooks::Hook>>> + Send + Sync>;
+
 /// One complete configuration, live until a reload replaces it.
 #[derive(Debug)]
 pub struct Live {
@@ -84,6 +88,7 @@ pub struct Gateway {
     file_digest: Mutex<Option<[u8; 32]>>,
     pub last_reload_error: Mutex<Option<String>>,
     cache_cfg: Mutex<Option<(CacheConfig, Arc<CacheHook>)>>,
+    hook_loader: Option<HookLoader>,
     pub shutting_down: AtomicBool,
 }
 
@@ -101,7 +106,11 @@ fn digest(text: &str) -> [u8; 32] {
 
 impl Gateway {
     /// Builds the gateway from a parsed config (connecting to Redis when configured).
-    pub async fn new(cfg: GatewayConfig, config_path: Option<PathBuf>) -> Result<Arc<Self>> {
+    pub async fn new(
+        cfg: GatewayConfig,
+        config_path: Option<PathBuf>,
+        hook_loader: Option<HookLoader>,
+    ) -> Result<Arc<Self>> {
         let placement =
             config::limit_placement(cfg.rate_limit.as_ref(), cfg.rate_limit_explicit_local);
         let shared =
@@ -140,6 +149,7 @@ impl Gateway {
             file_digest: Mutex::new(None),
             last_reload_error: Mutex::new(None),
             cache_cfg: Mutex::new(None),
+            hook_loader,
             shutting_down: AtomicBool::new(false),
         };
         let live = gw.build_live(cfg)?;
@@ -219,11 +229,20 @@ impl Gateway {
             cfg.budget,
         )?
         .with_limits(self.shared.limiter.clone(), None);
+        let mut all: Vec<Arc<dyn hooks::Hook>> = Vec::new();
+        if !cfg.callbacks.is_empty() {
+            let Some(load) = &self.hook_loader else {
+                return Err(Error::invalid_config(
+                    "litellm_settings.callbacks: Python callbacks need the Python package; start the gateway with `llmux serve` from `pip install llmux`",
+                ));
+            };
+            all.extend(load(&cfg.callbacks)?);
+        }
         let cache = self.cache_hook(cfg.cache.as_ref());
-        let hooks = cache.as_ref().map(|c| {
-            let hook: Arc<dyn hooks::Hook> = c.clone();
-            Arc::new(hooks::Pipeline::new(vec![hook]))
-        });
+        if let Some(c) = &cache {
+            all.push(c.clone());
+        }
+        let hooks = (!all.is_empty()).then(|| Arc::new(hooks::Pipeline::new(all)));
         Ok(Live {
             router: Arc::new(router),
             groups: group_list.iter().cloned().collect(),
@@ -324,7 +343,7 @@ impl Gateway {
 }
 
 /// How to start the gateway.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ServeOptions {
     pub config_path: Option<PathBuf>,
     /// The config text when there is no file (tests, embedded use).
@@ -333,6 +352,8 @@ pub struct ServeOptions {
     pub host: Option<String>,
     /// Overrides `server.port` (default 4000; 0 picks a free port).
     pub port: Option<u16>,
+    /// Loads `litellm_settings.callbacks` (the Python package sets it).
+    pub hook_loader: Option<HookLoader>,
 }
 
 /// A future that resolves on SIGTERM or SIGINT.
@@ -385,7 +406,7 @@ pub async fn bind(opts: &ServeOptions) -> Result<Bound> {
         .or_else(|| cfg.server.host.clone())
         .unwrap_or_else(|| "0.0.0.0".to_owned());
     let port = opts.port.or(cfg.server.port).unwrap_or(4000);
-    let gateway = Gateway::new(cfg, opts.config_path.clone()).await?;
+    let gateway = Gateway::new(cfg, opts.config_path.clone(), opts.hook_loader.clone()).await?;
     gateway.note_file(&text);
     let host = if host == "localhost" {
         "127.0.0.1".to_owned()
@@ -523,5 +544,50 @@ pub fn init_logging(debug: bool, telemetry: Option<&OtlpConfig>) {
         && telemetry.is_some()
     {
         tracing::warn!("a log subscriber was already installed: OpenTelemetry export is off");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "
+model_list:
+  - model_name: m
+    litellm_params: {model: openai/m, api_base: 'http://127.0.0.1:9/v1', api_key: k}
+litellm_settings:
+  callbacks: [my_hooks.handler]
+";
+
+    #[tokio::test]
+    async fn python_callbacks_need_a_loader() {
+        let cfg = GatewayConfig::parse(CONFIG).unwrap();
+        let e = Gateway::new(cfg, None, None).await.unwrap_err();
+        assert!(
+            e.message.contains("need the Python package"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_is_all_or_nothing() {
+        let ok = CONFIG.replace("litellm_settings:\n  callbacks: [my_hooks.handler]\n", "");
+        let gw = Gateway::new(GatewayConfig::parse(&ok).unwrap(), None, None)
+            .await
+            .unwrap();
+        assert!(gw
+            .apply(&ok.replace("model_name: m", "model_name: n"))
+            .is_ok());
+        assert!(gw.live().groups.contains("n"));
+        let e = gw
+            .apply(&format!("{ok}\nredis: {{url: 'redis://127.0.0.1:1'}}\n"))
+            .unwrap_err();
+        assert!(e.message.contains("need a restart"), "{}", e.message);
+        assert!(gw.apply("model_list: 7").is_err());
+        assert!(
+            gw.live().groups.contains("n"),
+            "a refused config leaves the old one live"
+        );
     }
 }
