@@ -28,7 +28,7 @@ use crate::retry::{decide, Backoff, Decision};
 use crate::streaming::ChatStream;
 use crate::types::{
     unix_now, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, EmbeddingRequest,
-    EmbeddingResponse, Message, Usage,
+    EmbeddingResponse, ImageRequest, ImageResponse, Message, Usage,
 };
 
 /// LiteLLM's default request timeout.
@@ -643,6 +643,16 @@ impl Priced for ChatCompletion {
     }
 }
 
+impl Priced for ImageResponse {
+    /// Images are priced per image, not per token (see [`image_generation`]).
+    fn usage(&self) -> Option<&Usage> {
+        None
+    }
+    fn model(&self) -> &str {
+        ""
+    }
+}
+
 impl Priced for EmbeddingResponse {
     fn usage(&self) -> Option<&Usage> {
         self.usage.as_ref()
@@ -852,6 +862,64 @@ async fn embedding_call(
         route.dialect.parse_embedding(&route, &req, body)
     })
     .await
+}
+
+/// Image generation: one request, priced per image from the price table.
+pub async fn image_generation(
+    req: ImageRequest,
+    opts: &CallOptions,
+) -> Result<Completed<ImageResponse>> {
+    let ticket = match &opts.admission {
+        // Images count as requests; they reserve no tokens.
+        Some(admission) => {
+            let caller = caller_of(&req.params, opts);
+            limiter::admit(
+                &admission.limiter,
+                limiter::Demand {
+                    request_id: request_id(),
+                    scopes: vec![admission.config.scope_for(&caller, &req.model)],
+                    tokens: 0,
+                },
+            )
+            .await
+            .map_err(|e| denied(e, &req.model))?
+        }
+        None => limiter::Ticket::none(),
+    };
+    let out = image_call(req, opts).await;
+    ticket.settle(0);
+    out
+}
+
+async fn image_call(req: ImageRequest, opts: &CallOptions) -> Result<Completed<ImageResponse>> {
+    let started = Instant::now();
+    let mut req = req;
+    cache::strip_controls(&mut req.params);
+    if req.prompt.trim().is_empty() {
+        return Err(
+            Error::bad_request("image generation needs a non-empty prompt")
+                .with_context("openai", &req.model),
+        );
+    }
+    let route =
+        resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
+    let prepared = route
+        .dialect
+        .image_request(&route, &req, &extras(opts))
+        .map_err(|e| e.with_context(route.provider, &route.model))?;
+    let mut done = exchange(&route, &prepared, opts, started, |body| {
+        route.dialect.parse_image(&route, body)
+    })
+    .await?;
+    let n = u64::try_from(done.response.data.len()).unwrap_or(0).max(1);
+    done.meta.cost = pricing::image_cost(
+        Some(route.provider),
+        &route.model,
+        req.size(),
+        req.quality(),
+        n,
+    );
+    Ok(done)
 }
 
 #[cfg(test)]

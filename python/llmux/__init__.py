@@ -66,6 +66,8 @@ from .types import (
     Embedding,
     EmbeddingResponse,
     Function,
+    ImageObject,
+    ImageResponse,
     Message,
     ModelResponse,
     ModelResponseStream,
@@ -399,6 +401,24 @@ async def aembedding(model: str, input: Any = None, **kwargs: Any) -> EmbeddingR
         raise
 
 
+def image_generation(prompt: str, model: Optional[str] = None, **kwargs: Any) -> ImageResponse:
+    """Image generation, LiteLLM's ``image_generation``: ``n``, ``size``, ``quality``, ``style``,
+    ``response_format`` (``url`` | ``b64_json``), ``user`` are passed upstream; the cost of the
+    images is in ``_hidden_params["response_cost"]``."""
+    model = model or "dall-e-2"
+    _apply_settings(kwargs)
+    d, hidden = _llmux.image_generation(model, prompt, kwargs)
+    return ImageResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+async def aimage_generation(prompt: str, model: Optional[str] = None, **kwargs: Any) -> ImageResponse:
+    """Async form of ``image_generation``."""
+    model = model or "dall-e-2"
+    _apply_settings(kwargs)
+    d, hidden = await _run(_llmux.aimage_generation, model, prompt, kwargs)
+    return ImageResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
 def flush_callbacks(timeout: float = 5.0) -> bool:
     """Waits until every queued callback event has been delivered (False on timeout)."""
     from ._callbacks import flush
@@ -435,6 +455,8 @@ __all__ = [
     "Embedding",
     "EmbeddingResponse",
     "Function",
+    "ImageObject",
+    "ImageResponse",
     "InternalServerError",
     "JSONSchemaValidationError",
     "Message",
@@ -456,6 +478,7 @@ __all__ = [
     "Usage",
     "acompletion",
     "aembedding",
+    "aimage_generation",
     "cache",
     "callbacks",
     "failure_callback",
@@ -471,6 +494,7 @@ __all__ = [
     "enable_cache",
     "get_max_tokens",
     "get_model_info",
+    "image_generation",
     "register_model",
     "set_budget",
     "set_pricing_file",

@@ -13,6 +13,7 @@ __all__ = [
     "acompletion",
     "acompletion_stream",
     "aembedding",
+    "aimage_generation",
     "cache_stats",
     "completion",
     "completion_stream",
@@ -20,6 +21,7 @@ __all__ = [
     "current_spend",
     "embedding",
     "error_kinds",
+    "image_generation",
     "load_price_file",
     "model_cost",
     "model_entry",
@@ -63,6 +65,12 @@ def acompletion_stream(
 
 def aembedding(
     bridge: Bridge, fut: Any, model: str, input: Any, kwargs: Optional[dict[str, Any]] = None
+) -> TaskHandle: ...
+def image_generation(model: str, prompt: str, kwargs: Optional[dict[str, Any]] = None) -> _Unary:
+    """Blocking image generation (GIL released): ``(response_dict, hidden_params)``."""
+
+def aimage_generation(
+    bridge: Bridge, fut: Any, model: str, prompt: str, kwargs: Optional[dict[str, Any]] = None
 ) -> TaskHandle: ...
 def error_kinds() -> list[tuple[str, str, bool, int]]:
     """Every error kind: ``(code, exception class name, retryable, default status)``."""
@@ -144,6 +152,12 @@ class NativeRouter:
     def embedding(self, model: str, input: Any, kwargs: Optional[dict[str, Any]] = None) -> _Unary: ...
     def aembedding(
         self, bridge: Bridge, fut: Any, model: str, input: Any, kwargs: Optional[dict[str, Any]] = None
+    ) -> TaskHandle: ...
+    def image_generation(
+        self, model: str, prompt: str, kwargs: Optional[dict[str, Any]] = None
+    ) -> _Unary: ...
+    def aimage_generation(
+        self, bridge: Bridge, fut: Any, model: str, prompt: str, kwargs: Optional[dict[str, Any]] = None
     ) -> TaskHandle: ...
     def deployment_stats(self) -> list[dict[str, Any]]: ...
     def rate_limit_stats(self) -> dict[str, Any]: ...

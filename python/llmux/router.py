@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 from . import _llmux
 from ._aio import run as _run
 from ._stream_wrapper import CustomStreamWrapper
-from .types import EmbeddingResponse, ModelResponse
+from .types import EmbeddingResponse, ImageResponse, ModelResponse
 
 __all__ = ["Router"]
 
@@ -191,3 +191,13 @@ class Router:
         input = input if input is not None else kwargs.pop("input", [])  # noqa: A001
         d, hidden = await _run(self._native.aembedding, model, input, kwargs)
         return EmbeddingResponse._from_native(d, hidden, hidden["_response_ms"])
+
+    def image_generation(self, prompt: str, model: str, **kwargs: Any) -> ImageResponse:
+        _sync_engine_settings()
+        d, hidden = self._native.image_generation(model, prompt, kwargs)
+        return ImageResponse._from_native(d, hidden, hidden["_response_ms"])
+
+    async def aimage_generation(self, prompt: str, model: str, **kwargs: Any) -> ImageResponse:
+        _sync_engine_settings()
+        d, hidden = await _run(self._native.aimage_generation, model, prompt, kwargs)
+        return ImageResponse._from_native(d, hidden, hidden["_response_ms"])

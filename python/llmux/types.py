@@ -34,6 +34,8 @@ __all__ = [
     "EmbeddingResponse",
     "Function",
     "FunctionCall",
+    "ImageObject",
+    "ImageResponse",
     "Message",
     "ModelResponse",
     "ModelResponseStream",
@@ -1293,6 +1295,66 @@ class EmbeddingResponse(_ResponseBase):
         return cls._from_native(d)
 
 
+class ImageObject(_Base):
+    """One generated image: ``b64_json``, ``revised_prompt``, ``url`` (absent ones are None)."""
+
+    __slots__ = ()
+    _ORDER = ("b64_json", "revised_prompt", "url")
+    _NONE_ATTRS = frozenset(_ORDER)
+
+    @classmethod
+    def _normalize(cls, d: dict) -> dict:
+        for k in cls._ORDER:
+            d.setdefault(k, None)
+        return d
+
+
+class ImageResponse(_ResponseBase):
+    """Image generation result, LiteLLM's ``ImageResponse``: ``created, data, usage``;
+    ``_hidden_params["response_cost"]`` is the price of the images."""
+
+    __slots__ = ()
+    _NESTED = {"data": ("ImageObject", True)}
+    _NONE_ATTRS = frozenset({"usage"})
+    _ORDER = ("created", "data", "usage")
+
+    def __init__(
+        self,
+        created: Optional[int] = None,
+        data: Optional[list] = None,
+        usage: Any = None,
+        hidden_params: Optional[dict] = None,
+        response_ms: Optional[float] = None,
+        **params: Any,
+    ) -> None:
+        items = [ImageObject._wrap(dict(_as_dict(x))) for x in (data or [])]
+        d = {"created": created if created is not None else int(time.time()), "data": items, "usage": usage}
+        d.update(params)
+        _osa(self, "_d", d)
+        _osa(self, "_hidden_params", hidden_params or {})
+        _osa(self, "_response_ms", response_ms)
+        _osa(self, "_response_headers", None)
+
+    @classmethod
+    def _from_native(
+        cls, d: dict, hidden: Optional[dict] = None, response_ms: Optional[float] = None
+    ) -> ImageResponse:
+        """Wrap an OpenAI images response dict (owned)."""
+        obj = cls.__new__(cls)
+        d.setdefault("created", int(time.time()))
+        d.setdefault("data", [])
+        d.setdefault("usage", None)
+        _osa(obj, "_d", d)
+        _osa(obj, "_hidden_params", hidden if hidden is not None else {})
+        _osa(obj, "_response_ms", response_ms)
+        _osa(obj, "_response_headers", None)
+        return obj
+
+    @classmethod
+    def _wrap(cls, d: dict):
+        return cls._from_native(d)
+
+
 _CLASSES: Dict[str, Any] = {
     c.__name__: c
     for c in (
@@ -1311,6 +1373,8 @@ _CLASSES: Dict[str, Any] = {
         ModelResponseStream,
         Embedding,
         EmbeddingResponse,
+        ImageObject,
+        ImageResponse,
     )
 }
 

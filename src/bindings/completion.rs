@@ -1,4 +1,4 @@
-//! `completion`, `acompletion`, their streaming forms, and embeddings: convert, call the
+//! `completion`, `acompletion`, their streaming forms, embeddings and images: convert, call the
 //! pipeline, convert back. Sync forms block without the GIL; async forms return awaitables.
 
 use pyo3::prelude::*;
@@ -12,7 +12,9 @@ use super::runtime::block_on;
 use super::stream;
 use crate::error::Result;
 use crate::pipeline::{self, CallOptions, Completed};
-use crate::types::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
+use crate::types::{
+    ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
+};
 
 fn chat_args(
     model: String,
@@ -164,6 +166,56 @@ pub fn aembedding<'py>(
     let (req, opts) = embedding_args(model.clone(), input, kwargs)?;
     submit(bridge, fut, async move {
         let r: Result<Completed<EmbeddingResponse>> = pipeline::embedding(req, &opts).await;
+        Unary(r, model)
+    })
+}
+
+fn image_args(
+    model: String,
+    prompt: String,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(ImageRequest, CallOptions)> {
+    let (params, opts) = split_kwargs(kwargs)?;
+    Ok((
+        ImageRequest {
+            model,
+            prompt,
+            params,
+        },
+        opts,
+    ))
+}
+
+/// Blocking image generation (GIL released): `(response, hidden)`.
+#[pyfunction]
+#[pyo3(signature = (model, prompt, kwargs=None))]
+pub fn image_generation<'py>(
+    py: Python<'py>,
+    model: String,
+    prompt: String,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (req, opts) = image_args(model.clone(), prompt, kwargs)?;
+    let r = block_on(
+        py,
+        async move { pipeline::image_generation(req, &opts).await },
+    )?;
+    unary_result(py, r, &model)
+}
+
+/// Starts an image generation; `fut` gets `(response, hidden)`.
+#[pyfunction]
+#[pyo3(signature = (bridge, fut, model, prompt, kwargs=None))]
+pub fn aimage_generation<'py>(
+    bridge: &Bound<'py, Bridge>,
+    fut: Py<PyAny>,
+    model: String,
+    prompt: String,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<TaskHandle> {
+    let (req, opts) = image_args(model.clone(), prompt, kwargs)?;
+    submit(bridge, fut, async move {
+        let r: Result<Completed<ImageResponse>> = pipeline::image_generation(req, &opts).await;
         Unary(r, model)
     })
 }

@@ -29,6 +29,8 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(completion::acompletion_stream, m)?)?;
     m.add_function(wrap_pyfunction!(completion::embedding, m)?)?;
     m.add_function(wrap_pyfunction!(completion::aembedding, m)?)?;
+    m.add_function(wrap_pyfunction!(completion::image_generation, m)?)?;
+    m.add_function(wrap_pyfunction!(completion::aimage_generation, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(pricing::model_entry, m)?)?;
     m.add_function(wrap_pyfunction!(pricing::cost_for, m)?)?;

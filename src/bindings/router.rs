@@ -23,7 +23,9 @@ use crate::pipeline::{CallMeta, Completed};
 use crate::redis::RedisConfig;
 use crate::router::stats::{ClusterStats, LocalStats};
 use crate::router::{Routed, Router};
-use crate::types::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
+use crate::types::{
+    ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
+};
 
 fn bad(msg: String) -> PyErr {
     PyValueError::new_err(msg)
@@ -329,6 +331,51 @@ impl NativeRouter {
         submit(bridge, fut, async move {
             let r: Result<Routed<Completed<EmbeddingResponse>>> =
                 router.embedding(req, &opts, &[]).await;
+            RoutedUnary(r, model)
+        })
+    }
+
+    #[pyo3(signature = (model, prompt, kwargs=None))]
+    fn image_generation<'py>(
+        &self,
+        py: Python<'py>,
+        model: String,
+        prompt: String,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (params, opts) = split_kwargs(kwargs)?;
+        let req = ImageRequest {
+            model: model.clone(),
+            prompt,
+            params,
+        };
+        let router = self.inner.clone();
+        let r = block_on(
+            py,
+            async move { router.image_generation(req, &opts, &[]).await },
+        )?;
+        unary_to_py(py, r, &model)
+    }
+
+    #[pyo3(signature = (bridge, fut, model, prompt, kwargs=None))]
+    fn aimage_generation(
+        &self,
+        bridge: &Bound<'_, Bridge>,
+        fut: Py<PyAny>,
+        model: String,
+        prompt: String,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<TaskHandle> {
+        let (params, opts) = split_kwargs(kwargs)?;
+        let req = ImageRequest {
+            model: model.clone(),
+            prompt,
+            params,
+        };
+        let router = self.inner.clone();
+        submit(bridge, fut, async move {
+            let r: Result<Routed<Completed<ImageResponse>>> =
+                router.image_generation(req, &opts, &[]).await;
             RoutedUnary(r, model)
         })
     }

@@ -230,6 +230,38 @@ fn detail(u: &Usage, group: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The cost in USD of `n` generated images, from LiteLLM's image entries: keys
+/// `{quality}/{W}-x-{H}/{model}`, then `{W}-x-{H}/{model}`, then `{model}`; priced per image
+/// (`output_cost_per_image`, `input_cost_per_image`) or per pixel (`input_cost_per_pixel` x
+/// W x H). Without a size, 1024x1024; without a quality, `standard` (DALL-E's default).
+pub fn image_cost(
+    provider: Option<&str>,
+    model: &str,
+    size: Option<&str>,
+    quality: Option<&str>,
+    n: u64,
+) -> Option<f64> {
+    let size = size.unwrap_or("1024x1024");
+    let (w, h) = size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.trim().parse::<f64>().ok()?, h.trim().parse::<f64>().ok()?)))
+        .unwrap_or((1024.0, 1024.0));
+    let dashed = size.replace('x', "-x-");
+    let bare = model.rsplit_once('/').map_or(model, |(_, m)| m);
+    let quality = quality.unwrap_or("standard");
+    let keys = [
+        format!("{quality}/{dashed}/{bare}"),
+        format!("{dashed}/{bare}"),
+        bare.to_owned(),
+    ];
+    let entry = keys.iter().find_map(|k| lookup(provider, k))?;
+    let per_image = num(&entry, "output_cost_per_image")
+        .filter(|c| *c > 0.0)
+        .or_else(|| num(&entry, "input_cost_per_image").filter(|c| *c > 0.0))
+        .or_else(|| num(&entry, "input_cost_per_pixel").map(|p| p * w * h))?;
+    Some(per_image * n as f64)
+}
+
 /// The cost of one call in USD: `(prompt, completion)`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Cost {
@@ -292,6 +324,28 @@ pub fn entries() -> Vec<(String, Entry)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_costs_follow_size_and_quality() {
+        let std = image_cost(Some("openai"), "dall-e-3", Some("1024x1024"), None, 1).unwrap();
+        assert!((std - 0.04).abs() < 1e-4, "{std}");
+        let hd = image_cost(Some("openai"), "openai/dall-e-3", None, Some("hd"), 2).unwrap();
+        assert!((hd - 0.16).abs() < 1e-4, "{hd}");
+        let small = image_cost(Some("openai"), "dall-e-2", Some("256x256"), None, 1).unwrap();
+        assert!((small - 0.016).abs() < 1e-4, "{small}");
+        let gi = image_cost(
+            Some("openai"),
+            "gpt-image-1",
+            Some("1024x1536"),
+            Some("low"),
+            1,
+        );
+        assert_eq!(gi, Some(0.016));
+        assert_eq!(
+            image_cost(Some("openai"), "no-such-painter", None, None, 1),
+            None
+        );
+    }
     use serde_json::json;
 
     fn usage(p: u64, c: u64) -> Usage {

@@ -13,7 +13,9 @@ use super::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::streaming::StreamDecoder;
-use crate::types::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
+use crate::types::{
+    ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
+};
 
 /// Used when neither the call nor `AZURE_API_VERSION` names one (a GA version).
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";
@@ -127,6 +129,23 @@ impl Provider for Azure {
             headers: headers(route, x.headers)?,
             body: openai::embedding_body(route, req, x.body)?,
         })
+    }
+
+    fn image_request(
+        &self,
+        route: &Route,
+        req: &ImageRequest,
+        x: &Extras<'_>,
+    ) -> Result<PreparedRequest> {
+        Ok(PreparedRequest {
+            url: url(route, "images/generations"),
+            headers: headers(route, x.headers)?,
+            body: openai::image_body(route, req, x.body)?,
+        })
+    }
+
+    fn parse_image(&self, route: &Route, body: &[u8]) -> Result<ImageResponse> {
+        openai::parse_image(route, body)
     }
 
     fn parse_embedding(

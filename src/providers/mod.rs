@@ -22,7 +22,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::streaming::StreamDecoder;
-use crate::types::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
+use crate::types::{
+    ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
+};
 
 /// An HTTP request ready to send.
 #[derive(Debug, Clone)]
@@ -79,6 +81,25 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     ) -> Result<PreparedRequest> {
         Err(Error::bad_request(format!(
             "provider '{}' has no embeddings endpoint",
+            route.provider
+        )))
+    }
+
+    fn image_request(
+        &self,
+        route: &Route,
+        _req: &ImageRequest,
+        _x: &Extras<'_>,
+    ) -> Result<PreparedRequest> {
+        Err(Error::bad_request(format!(
+            "provider '{}' has no image generation endpoint in LLMux",
+            route.provider
+        )))
+    }
+
+    fn parse_image(&self, route: &Route, _body: &[u8]) -> Result<ImageResponse> {
+        Err(Error::bad_request(format!(
+            "provider '{}' has no image generation endpoint in LLMux",
             route.provider
         )))
     }

@@ -15,7 +15,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::retry::retry_hint;
 use crate::streaming::sse::{SseEvent, SseParser};
 use crate::streaming::{StreamDecoder, StreamEvent};
-use crate::types::{ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse};
+use crate::types::{
+    ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest,
+    ImageResponse,
+};
 
 /// Keys LLMux writes itself; a caller's value for them in `params` is not copied twice.
 const OWN_KEYS: &[&str] = &["model", "messages", "stream", "stream_options", "input"];
@@ -192,6 +195,23 @@ impl Provider for OpenAi {
         })
     }
 
+    fn image_request(
+        &self,
+        route: &Route,
+        req: &ImageRequest,
+        x: &Extras<'_>,
+    ) -> Result<PreparedRequest> {
+        Ok(PreparedRequest {
+            url: format!("{}/images/generations", route.api_base),
+            headers: headers(route, x.headers)?,
+            body: image_body(route, req, x.body)?,
+        })
+    }
+
+    fn parse_image(&self, route: &Route, body: &[u8]) -> Result<ImageResponse> {
+        parse_image(route, body)
+    }
+
     fn parse_embedding(
         &self,
         route: &Route,
@@ -263,6 +283,25 @@ fn invalid_response(route: &Route, what: &str, e: &serde_json::Error, body: &[u8
 
 pub fn parse_chat(route: &Route, body: &[u8]) -> Result<ChatCompletion> {
     serde_json::from_slice(body).map_err(|e| invalid_response(route, "chat completion", &e, body))
+}
+
+/// An `images/generations` body: the route's model, the prompt, the parameters.
+pub fn image_body(
+    route: &Route,
+    req: &ImageRequest,
+    extra_body: Option<&Map<String, Value>>,
+) -> Result<Bytes> {
+    let mut body = Vec::with_capacity(128);
+    body.extend_from_slice(b"{\"model\":");
+    push_json(&mut body, &route.model)?;
+    push_field(&mut body, "prompt", &Value::String(req.prompt.clone()))?;
+    push_params(&mut body, &req.params, extra_body)?;
+    body.push(b'}');
+    Ok(body.into())
+}
+
+pub fn parse_image(route: &Route, body: &[u8]) -> Result<ImageResponse> {
+    serde_json::from_slice(body).map_err(|e| invalid_response(route, "image response", &e, body))
 }
 
 pub fn parse_embedding(route: &Route, body: &[u8]) -> Result<EmbeddingResponse> {

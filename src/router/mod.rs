@@ -32,7 +32,10 @@ use crate::pipeline::{self, CallMeta, CallOptions, Completed, Mock};
 use crate::providers::Endpoint;
 use crate::retry::Backoff;
 use crate::streaming::ChatStream;
-use crate::types::{ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage};
+use crate::types::{
+    ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
+    Usage,
+};
 use budget::{BudgetSnapshot, RetryBudget};
 use stats::{ClusterStats, DeploymentStats, Outcome};
 use strategy::{Candidate, Strategy};
@@ -817,6 +820,39 @@ impl Router {
             .await;
         let used = out.as_ref().ok().and_then(|r| r.value.total_tokens());
         settle_call(call_ticket, &out, used.unwrap_or(0));
+        out
+    }
+
+    /// A routed image generation: retries, fallbacks and cooldowns as for chat; an image
+    /// request counts toward a deployment's rpm and reserves no tokens.
+    pub async fn image_generation(
+        &self,
+        req: ImageRequest,
+        opts: &CallOptions,
+        tags: &[String],
+    ) -> Result<Routed<Completed<ImageResponse>>> {
+        let group = req.model.clone();
+        let timeout = self.timeout_for(opts);
+        if !self.group_exists(&group) {
+            return Err(unknown_group(&group));
+        }
+        let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
+        let out = self
+            .route(&group, tags, 0, timeout, false, |d, deadline, ticket| {
+                let mut r = req.clone();
+                r.model = d.model.clone();
+                for (k, v) in &d.params {
+                    r.params.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                let o = self.options_for(&d, opts, deadline);
+                async move {
+                    let out = pipeline::image_generation(r, &o).await;
+                    ticket.settle(0);
+                    (out, Settle::Now(Some(0)))
+                }
+            })
+            .await;
+        settle_call(call_ticket, &out, 0);
         out
     }
 

@@ -34,7 +34,7 @@ use crate::limiter::{
     self, Caller, Demand, Denial, FailPolicy, Limited as Which, Rate, RateInfo, ScopeLimits, Ticket,
 };
 use crate::pipeline::{self, CallMeta, CallOptions, Mock};
-use crate::types::{ChatRequest, EmbeddingRequest, Usage};
+use crate::types::{ChatRequest, EmbeddingRequest, ImageRequest, Usage};
 
 /// Request fields that would point the gateway at another upstream or credential: refused,
 /// so that the gateway is never an open proxy.
@@ -306,6 +306,12 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
                 .instrument(span)
                 .await
         }
+        (&Method::POST, "/images/generations") => {
+            let span = request_span("images", &req, &rid);
+            model_call(gw, req, rid, "images", span.clone())
+                .instrument(span)
+                .await
+        }
         (&Method::GET, "/models") => models(&gw, &req, &rid),
         (&Method::GET, "/health/liveliness" | "/health/liveness") => {
             json_response(StatusCode::OK, &json!({"status": "alive"}), &rid)
@@ -315,8 +321,14 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
         (&Method::POST, "/config/reload") => reload(&gw, &req, &rid).await,
         (
             _,
-            "/chat/completions" | "/embeddings" | "/models" | "/health/liveliness"
-            | "/health/readiness" | "/metrics" | "/config/reload",
+            "/chat/completions"
+            | "/embeddings"
+            | "/images/generations"
+            | "/models"
+            | "/health/liveliness"
+            | "/health/readiness"
+            | "/metrics"
+            | "/config/reload",
         ) => errors::respond(
             &ours(
                 ErrorKind::BadRequest,
@@ -772,17 +784,7 @@ async fn model_call(
         ctx.model = m.clone();
         if !ctx.span.is_disabled() {
             ctx.span.record("gen_ai.request.model", m.as_str());
-            ctx.span.record(
-                "otel.name",
-                format!(
-                    "{} {m}",
-                    if route == "chat" {
-                        "chat"
-                    } else {
-                        "embeddings"
-                    }
-                ),
-            );
+            ctx.span.record("otel.name", format!("{route} {m}"));
         }
     }
     // The payload field each route needs.
@@ -796,6 +798,12 @@ async fn model_call(
             }
             None | Some(Value::Null) => return ctx.fail(&bad("'messages' is required")),
             Some(_) => return ctx.fail(&bad("'messages' must be a list of message objects")),
+        },
+        "images" => match body.remove("prompt") {
+            Some(Value::String(p)) if !p.trim().is_empty() => Value::String(p),
+            Some(Value::String(_)) => return ctx.fail(&bad("'prompt' must not be empty")),
+            None | Some(Value::Null) => return ctx.fail(&bad("'prompt' is required")),
+            Some(_) => return ctx.fail(&bad("'prompt' must be a string")),
         },
         _ => match body.remove("input") {
             Some(v @ (Value::String(_) | Value::Array(_))) => v,
@@ -841,14 +849,15 @@ async fn model_call(
         Value::Array(m) if route == "chat" => (m, Value::Null),
         other => (Vec::new(), other),
     };
-    let tokens = if route == "chat" {
-        limiter::reservation(&ChatRequest {
+    let tokens = match route {
+        "chat" => limiter::reservation(&ChatRequest {
             model: call.model.clone(),
             messages: messages.clone(),
             params: call.params.clone(),
-        })
-    } else {
-        limiter::embedding_reservation(&input)
+        }),
+        // An image counts as a request; it reserves no tokens.
+        "images" => 0,
+        _ => limiter::embedding_reservation(&input),
     };
     let demand = Demand {
         request_id: ctx.rid.clone(),
@@ -871,6 +880,42 @@ async fn model_call(
         }
     };
     let info = ticket.info();
+    if route == "images" {
+        let req = ImageRequest {
+            model: call.model.clone(),
+            prompt: input.as_str().unwrap_or_default().to_owned(),
+            params: call.params,
+        };
+        return match live
+            .router
+            .image_generation(req, &call.opts, &call.tags)
+            .await
+        {
+            Ok(routed) => {
+                let done = &routed.value;
+                settle(ticket, None, 0);
+                let mut r = json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(&done.response).unwrap_or(Value::Null),
+                    &ctx.rid,
+                );
+                routing_headers(
+                    r.headers_mut(),
+                    &routed.deployment_id,
+                    routed.attempted_fallbacks,
+                    done.meta.cost,
+                    &info,
+                );
+                ctx.answered_by(&done.meta, done.meta.cost);
+                ctx.finish(200, &routed.deployment_id, None, done.meta.cost, None);
+                r
+            }
+            Err(e) => {
+                settle(ticket, Some(&e), 0);
+                ctx.fail(&e)
+            }
+        };
+    }
     if route == "embeddings" {
         let req = EmbeddingRequest {
             model: call.model.clone(),

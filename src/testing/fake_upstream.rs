@@ -12,6 +12,7 @@
 //!   `length`), `stream_options.include_usage`, tool calls.
 //! * `POST /v1/embeddings`: string / list of strings / tokens / list of token lists,
 //!   `dimensions` (default 8), `encoding_format: "base64"` (little-endian `f32`).
+//! * `POST /v1/images/generations`: `n` images (a 1x1 PNG) as `url` or `b64_json`.
 //! * `GET /v1/models`, `GET /v1/models/{id}`.
 //! * `GET /__stats?key=K`: [`KeyStats`] of key `K` as JSON. `GET /health`.
 //! * Anything else: 404 with an OpenAI error body. An unparsable JSON request body: 400.
@@ -625,6 +626,7 @@ impl Controls {
 enum Route {
     Chat,
     Embeddings,
+    Images,
     Models,
     Model,
     Health,
@@ -706,6 +708,7 @@ fn route(method: &Method, path: &str) -> Route {
     match (method, path) {
         (&Method::POST, "/chat/completions") => Route::Chat,
         (&Method::POST, "/embeddings") => Route::Embeddings,
+        (&Method::POST, "/images/generations") => Route::Images,
         (&Method::GET, "/models") => Route::Models,
         (&Method::GET, p) if p.len() > "/models/".len() && p.starts_with("/models/") => {
             Route::Model
@@ -757,6 +760,12 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
         .as_ref()
         .map(lossy)
         .unwrap_or(Cow::Borrowed(""));
+    let host = parts
+        .headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_owned();
     let (mut tracker, nth) = state.record(&key, parts.headers, parts.uri.clone(), body.clone());
 
     if controls.delay_ms > 0 {
@@ -789,6 +798,7 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
         match route {
             Route::Chat => chat(&state, &controls, &body, failing),
             Route::Embeddings => embeddings(&body),
+            Route::Images => images(&body, &host),
             Route::Models => response(
                 StatusCode::OK,
                 JSON,
@@ -2058,6 +2068,88 @@ fn base64_encode(input: &[u8]) -> String {
         out.push(if len > 2 { sym(n, 0) } else { '=' });
     }
     out
+}
+
+/// `POST /v1/images/generations`: `n` copies of a 1x1 PNG, as `b64_json` or as a URL on this
+/// server (`/__files/pixel.png`); DALL-E 3 adds a `revised_prompt`, gpt-image models answer in
+/// base64 with token usage, as OpenAI's do.
+fn images(body: &[u8], host: &str) -> Response<FakeBody> {
+    #[derive(Deserialize)]
+    struct ImageReq {
+        prompt: Option<String>,
+        model: Option<String>,
+        n: Option<u64>,
+        response_format: Option<String>,
+    }
+    let req: ImageReq = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("We could not parse the JSON body of your request. ({e})");
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                &message,
+                "invalid_request_error",
+                None,
+            );
+        }
+    };
+    let Some(prompt) = req.prompt.filter(|p| !p.trim().is_empty()) else {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "Missing required parameter: 'prompt'.",
+            "invalid_request_error",
+            None,
+        );
+    };
+    let n = req.n.unwrap_or(1);
+    if !(1..=10).contains(&n) {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "Invalid value for 'n': must be between 1 and 10.",
+            "invalid_request_error",
+            None,
+        );
+    }
+    let model = req.model.unwrap_or_else(|| "dall-e-2".to_owned());
+    let gpt_image = model.starts_with("gpt-image");
+    let b64 = gpt_image || req.response_format.as_deref() == Some("b64_json");
+    let one = if b64 {
+        serde_json::json!({"b64_json": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, PIXEL_PNG)})
+    } else {
+        serde_json::json!({"url": format!("http://{host}/__files/pixel.png")})
+    };
+    let data: Vec<serde_json::Value> = (0..n)
+        .map(|_| {
+            let mut d = one.clone();
+            if model.starts_with("dall-e-3") {
+                d["revised_prompt"] =
+                    serde_json::Value::String(format!("A detailed picture of {prompt}"));
+            }
+            d
+        })
+        .collect();
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut out = serde_json::json!({"created": created, "data": data});
+    if gpt_image {
+        let words = prompt.split_whitespace().count() as u64;
+        out["usage"] = serde_json::json!({
+            "input_tokens": words,
+            "output_tokens": 272 * n,
+            "total_tokens": words + 272 * n,
+            "input_tokens_details": {"text_tokens": words, "image_tokens": 0},
+        });
+    }
+    match serde_json::to_vec(&out) {
+        Ok(b) => json_response(StatusCode::OK, b),
+        Err(e) => error_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &e.to_string(),
+            "server_error",
+            None,
+        ),
+    }
 }
 
 fn embeddings(body: &[u8]) -> Response<FakeBody> {

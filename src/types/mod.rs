@@ -1,5 +1,5 @@
 //! OpenAI-shaped wire types: the chat request the pipeline carries, chat completions, stream
-//! chunks, embeddings and usage.
+//! chunks, embeddings, images and usage.
 //!
 //! Every provider translates to and from these shapes; the Python layer and the HTTP layer
 //! expose them as they are. Fields the types do not name are kept in `extra` and passed on, so
@@ -8,10 +8,12 @@
 
 mod chat;
 mod embeddings;
+mod images;
 mod stream;
 
 pub use chat::{ChatCompletion, ChatRequest, Choice, FunctionCall, Message, ToolCall, Usage};
 pub use embeddings::{EmbeddingRequest, EmbeddingResponse};
+pub use images::{ImageData, ImageRequest, ImageResponse};
 pub use stream::{ChatChunk, ChunkChoice, Delta, DeltaFunction, DeltaToolCall};
 
 pub(crate) fn unix_now() -> i64 {
