@@ -25,10 +25,10 @@ use crate::limiter::{self, Admission, Caller};
 use crate::pricing;
 use crate::providers::{media, resolve, Endpoint, Extras, PreparedRequest, Route};
 use crate::retry::{decide, Backoff, Decision};
-use crate::streaming::ChatStream;
+use crate::streaming::{BinaryStream, ChatStream};
 use crate::types::{
     unix_now, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, EmbeddingRequest,
-    EmbeddingResponse, ImageRequest, ImageResponse, Message, Usage,
+    EmbeddingResponse, ImageRequest, ImageResponse, Message, SpeechRequest, Usage,
 };
 
 /// LiteLLM's default request timeout.
@@ -920,6 +920,56 @@ async fn image_call(req: ImageRequest, opts: &CallOptions) -> Result<Completed<I
         n,
     );
     Ok(done)
+}
+
+/// Text to speech: the upstream's audio body, handed out as it arrives. Connecting and the
+/// status are retried like unary calls; the cost (per input character) is known at once.
+pub async fn speech(req: SpeechRequest, opts: &CallOptions) -> Result<(BinaryStream, CallMeta)> {
+    let started = Instant::now();
+    let mut req = req;
+    cache::strip_controls(&mut req.params);
+    if req.input.is_empty() {
+        return Err(
+            Error::bad_request("speech needs a non-empty input").with_context("openai", &req.model)
+        );
+    }
+    let route =
+        resolve(&req.model, &opts.endpoint).map_err(|e| e.with_context("openai", &req.model))?;
+    let prepared = route
+        .dialect
+        .speech_request(&route, &req, &extras(opts))
+        .map_err(|e| e.with_context(route.provider, &route.model))?;
+    let ticket = match &opts.admission {
+        Some(admission) => {
+            let caller = caller_of(&req.params, opts);
+            limiter::admit(
+                &admission.limiter,
+                limiter::Demand {
+                    request_id: request_id(),
+                    scopes: vec![admission.config.scope_for(&caller, &req.model)],
+                    tokens: 0,
+                },
+            )
+            .await
+            .map_err(|e| denied(e, &req.model))?
+        }
+        None => limiter::Ticket::none(),
+    };
+    let result = with_retries(opts, started, || send(&route, &prepared, None)).await;
+    ticket.settle(0);
+    match result {
+        Ok((resp, attempts)) => {
+            let mut meta = CallMeta::new(&route, started);
+            meta.attempts = attempts;
+            meta.cost = pricing::speech_cost(Some(route.provider), &route.model, &req.input);
+            let idle = opts.stream_timeout.unwrap_or(opts.timeout);
+            Ok((
+                BinaryStream::from_response(resp, idle, route.api_base.clone()),
+                meta,
+            ))
+        }
+        Err(e) => Err(e.with_context(route.provider, &route.model)),
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Union
 
 from . import _llmux
 from ._aio import run as _run
+from ._audio import HttpxBinaryResponseContent
 from ._cost import (
     completion_cost,
     cost_per_token,
@@ -419,6 +420,36 @@ async def aimage_generation(prompt: str, model: Optional[str] = None, **kwargs: 
     return ImageResponse._from_native(d, hidden, hidden["_response_ms"])
 
 
+def speech(
+    model: str,
+    input: str,
+    voice: Optional[str] = None,
+    **kwargs: Any,  # noqa: A002
+) -> HttpxBinaryResponseContent:
+    """Text to speech, LiteLLM's ``speech``: ``voice``, ``response_format`` (mp3, opus, aac,
+    flac, wav, pcm), ``speed``, ``instructions`` are passed upstream. The audio is read as it
+    arrives: ``stream_to_file(path)``, ``iter_bytes()``, or ``content`` for all of it."""
+    if voice is not None:
+        kwargs["voice"] = voice
+    _apply_settings(kwargs)
+    native, hidden = _llmux.speech(model, input, kwargs)
+    return HttpxBinaryResponseContent(native, hidden)
+
+
+async def aspeech(
+    model: str,
+    input: str,
+    voice: Optional[str] = None,
+    **kwargs: Any,  # noqa: A002
+) -> HttpxBinaryResponseContent:
+    """Async form of ``speech``: ``await r.aread()``, ``async for piece in r.aiter_bytes()``."""
+    if voice is not None:
+        kwargs["voice"] = voice
+    _apply_settings(kwargs)
+    native, hidden = await _run(_llmux.aspeech, model, input, kwargs)
+    return HttpxBinaryResponseContent(native, hidden)
+
+
 def flush_callbacks(timeout: float = 5.0) -> bool:
     """Waits until every queued callback event has been delivered (False on timeout)."""
     from ._callbacks import flush
@@ -455,6 +486,7 @@ __all__ = [
     "Embedding",
     "EmbeddingResponse",
     "Function",
+    "HttpxBinaryResponseContent",
     "ImageObject",
     "ImageResponse",
     "InternalServerError",
@@ -479,6 +511,7 @@ __all__ = [
     "acompletion",
     "aembedding",
     "aimage_generation",
+    "aspeech",
     "cache",
     "callbacks",
     "failure_callback",
@@ -499,6 +532,7 @@ __all__ = [
     "set_budget",
     "set_pricing_file",
     "set_request_log",
+    "speech",
     "stream_chunk_builder",
     "supports_function_calling",
     "supports_vision",

@@ -6,6 +6,7 @@ from typing_extensions import TypeAlias, final
 
 __all__ = [
     "Bridge",
+    "NativeAudio",
     "NativeRouter",
     "NativeStream",
     "TaskHandle",
@@ -14,6 +15,7 @@ __all__ = [
     "acompletion_stream",
     "aembedding",
     "aimage_generation",
+    "aspeech",
     "cache_stats",
     "completion",
     "completion_stream",
@@ -33,6 +35,7 @@ __all__ = [
     "set_cache",
     "set_rate_limit",
     "set_request_log",
+    "speech",
     "token_count",
     "unpriced_count",
     "watch_price_file",
@@ -72,6 +75,25 @@ def image_generation(model: str, prompt: str, kwargs: Optional[dict[str, Any]] =
 def aimage_generation(
     bridge: Bridge, fut: Any, model: str, prompt: str, kwargs: Optional[dict[str, Any]] = None
 ) -> TaskHandle: ...
+def speech(
+    model: str, input: str, kwargs: Optional[dict[str, Any]] = None
+) -> tuple[NativeAudio, dict[str, Any]]:
+    """Opens a speech call (blocking, GIL released): ``(NativeAudio, hidden_params)``."""
+
+def aspeech(
+    bridge: Bridge, fut: Any, model: str, input: str, kwargs: Optional[dict[str, Any]] = None
+) -> TaskHandle: ...
+
+@final
+class NativeAudio:
+    """An audio body read as it arrives."""
+
+    @property
+    def content_type(self) -> str: ...
+    def next_chunk(self) -> Optional[bytes]: ...
+    def anext_chunk(self, bridge: Bridge, fut: Any) -> TaskHandle: ...
+    def close(self) -> None: ...
+
 def error_kinds() -> list[tuple[str, str, bool, int]]:
     """Every error kind: ``(code, exception class name, retryable, default status)``."""
 
@@ -158,6 +180,12 @@ class NativeRouter:
     ) -> _Unary: ...
     def aimage_generation(
         self, bridge: Bridge, fut: Any, model: str, prompt: str, kwargs: Optional[dict[str, Any]] = None
+    ) -> TaskHandle: ...
+    def speech(
+        self, model: str, input: str, kwargs: Optional[dict[str, Any]] = None
+    ) -> tuple[NativeAudio, dict[str, Any]]: ...
+    def aspeech(
+        self, bridge: Bridge, fut: Any, model: str, input: str, kwargs: Optional[dict[str, Any]] = None
     ) -> TaskHandle: ...
     def deployment_stats(self) -> list[dict[str, Any]]: ...
     def rate_limit_stats(self) -> dict[str, Any]: ...

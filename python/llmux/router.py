@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from . import _llmux
 from ._aio import run as _run
+from ._audio import HttpxBinaryResponseContent
 from ._stream_wrapper import CustomStreamWrapper
 from .types import EmbeddingResponse, ImageResponse, ModelResponse
 
@@ -201,3 +202,25 @@ class Router:
         _sync_engine_settings()
         d, hidden = await _run(self._native.aimage_generation, model, prompt, kwargs)
         return ImageResponse._from_native(d, hidden, hidden["_response_ms"])
+
+    def speech(
+        self, model: str, input: str, voice: Optional[str] = None, **kwargs: Any
+    ) -> HttpxBinaryResponseContent:  # noqa: A002
+        _sync_engine_settings()
+        if voice is not None:
+            kwargs["voice"] = voice
+        native, hidden = self._native.speech(model, input, kwargs)
+        return HttpxBinaryResponseContent(native, hidden)
+
+    async def aspeech(
+        self,
+        model: str,
+        input: str,
+        voice: Optional[str] = None,
+        **kwargs: Any,  # noqa: A002
+    ) -> HttpxBinaryResponseContent:
+        _sync_engine_settings()
+        if voice is not None:
+            kwargs["voice"] = voice
+        native, hidden = await _run(self._native.aspeech, model, input, kwargs)
+        return HttpxBinaryResponseContent(native, hidden)

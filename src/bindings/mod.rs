@@ -5,6 +5,7 @@
 //! as plain dicts in OpenAI's wire shape; `python/llmux/types.py` wraps them lazily in
 //! LiteLLM-shaped objects. Errors become the LiteLLM exception classes (see `errors.rs`).
 
+mod audio;
 mod bridge;
 mod completion;
 mod convert;
@@ -30,6 +31,8 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(completion::embedding, m)?)?;
     m.add_function(wrap_pyfunction!(completion::aembedding, m)?)?;
     m.add_function(wrap_pyfunction!(completion::image_generation, m)?)?;
+    m.add_function(wrap_pyfunction!(audio::speech, m)?)?;
+    m.add_function(wrap_pyfunction!(audio::aspeech, m)?)?;
     m.add_function(wrap_pyfunction!(completion::aimage_generation, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(pricing::model_entry, m)?)?;
@@ -50,6 +53,7 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hooks::cache_stats, m)?)?;
     m.add_function(wrap_pyfunction!(serve::serve, m)?)?;
     m.add_class::<stream::NativeStream>()?;
+    m.add_class::<audio::NativeAudio>()?;
     m.add_class::<bridge::Bridge>()?;
     m.add_class::<bridge::TaskHandle>()?;
     m.add_class::<router::NativeRouter>()?;

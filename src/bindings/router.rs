@@ -23,6 +23,7 @@ use crate::pipeline::{CallMeta, Completed};
 use crate::redis::RedisConfig;
 use crate::router::stats::{ClusterStats, LocalStats};
 use crate::router::{Routed, Router};
+use crate::streaming::BinaryStream;
 use crate::types::{
     ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
 };
@@ -174,6 +175,32 @@ fn shared_state(py: Python<'_>, s: &Map<String, Value>) -> PyResult<SharedState>
     })?
     .map_err(|e| to_pyerr(py, e))?;
     Ok((state.stats, state.limiter, rate_limit))
+}
+
+/// A routed speech call for Python: `(NativeAudio, hidden)` with the routing details.
+fn routed_audio<'py>(
+    py: Python<'py>,
+    r: Result<Routed<(BinaryStream, CallMeta)>>,
+    group: &str,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let routed = r.map_err(|e| to_pyerr(py, e))?;
+    let i = info(&routed);
+    let meta = routed.value.1.clone();
+    let (a, _) = super::audio::audio_to_py(py, Ok(routed.value), group)?;
+    let h = routed_hidden(py, &meta, group, &i)?;
+    h.set_item(
+        "_response_ms",
+        meta.started.elapsed().as_secs_f64() * 1000.0,
+    )?;
+    PyTuple::new(py, [a, h.into_any()])
+}
+
+struct RoutedAudio(Result<Routed<(BinaryStream, CallMeta)>>, String);
+
+impl Outcome for RoutedAudio {
+    fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(routed_audio(py, self.0, &self.1)?.into_any().unbind())
+    }
 }
 
 #[pyclass(module = "llmux._llmux", frozen)]
@@ -377,6 +404,36 @@ impl NativeRouter {
             let r: Result<Routed<Completed<ImageResponse>>> =
                 router.image_generation(req, &opts, &[]).await;
             RoutedUnary(r, model)
+        })
+    }
+
+    #[pyo3(signature = (model, input, kwargs=None))]
+    fn speech<'py>(
+        &self,
+        py: Python<'py>,
+        model: String,
+        input: String,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (req, opts) = super::audio::speech_args(model.clone(), input, kwargs)?;
+        let router = self.inner.clone();
+        let r = block_on(py, async move { router.speech(req, &opts, &[]).await })?;
+        routed_audio(py, r, &model)
+    }
+
+    #[pyo3(signature = (bridge, fut, model, input, kwargs=None))]
+    fn aspeech(
+        &self,
+        bridge: &Bound<'_, Bridge>,
+        fut: Py<PyAny>,
+        model: String,
+        input: String,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<TaskHandle> {
+        let (req, opts) = super::audio::speech_args(model.clone(), input, kwargs)?;
+        let router = self.inner.clone();
+        submit(bridge, fut, async move {
+            RoutedAudio(router.speech(req, &opts, &[]).await, model)
         })
     }
 

@@ -262,6 +262,12 @@ pub fn image_cost(
     Some(per_image * n as f64)
 }
 
+/// The cost in USD of speaking `input` (`input_cost_per_character`).
+pub fn speech_cost(provider: Option<&str>, model: &str, input: &str) -> Option<f64> {
+    let entry = lookup(provider, model)?;
+    num(&entry, "input_cost_per_character").map(|c| c * input.chars().count() as f64)
+}
+
 /// The cost of one call in USD: `(prompt, completion)`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Cost {

@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::streaming::StreamDecoder;
 use crate::types::{
     ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
+    SpeechRequest,
 };
 
 /// Used when neither the call nor `AZURE_API_VERSION` names one (a GA version).
@@ -146,6 +147,19 @@ impl Provider for Azure {
 
     fn parse_image(&self, route: &Route, body: &[u8]) -> Result<ImageResponse> {
         openai::parse_image(route, body)
+    }
+
+    fn speech_request(
+        &self,
+        route: &Route,
+        req: &SpeechRequest,
+        x: &Extras<'_>,
+    ) -> Result<PreparedRequest> {
+        Ok(PreparedRequest {
+            url: url(route, "audio/speech"),
+            headers: headers(route, x.headers)?,
+            body: openai::speech_body(route, req, x.body)?,
+        })
     }
 
     fn parse_embedding(

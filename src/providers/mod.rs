@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::streaming::StreamDecoder;
 use crate::types::{
     ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
+    SpeechRequest,
 };
 
 /// An HTTP request ready to send.
@@ -93,6 +94,18 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     ) -> Result<PreparedRequest> {
         Err(Error::bad_request(format!(
             "provider '{}' has no image generation endpoint in LLMux",
+            route.provider
+        )))
+    }
+
+    fn speech_request(
+        &self,
+        route: &Route,
+        _req: &SpeechRequest,
+        _x: &Extras<'_>,
+    ) -> Result<PreparedRequest> {
+        Err(Error::bad_request(format!(
+            "provider '{}' has no speech endpoint in LLMux",
             route.provider
         )))
     }

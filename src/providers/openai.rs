@@ -17,7 +17,7 @@ use crate::streaming::sse::{SseEvent, SseParser};
 use crate::streaming::{StreamDecoder, StreamEvent};
 use crate::types::{
     ChatChunk, ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest,
-    ImageResponse,
+    ImageResponse, SpeechRequest,
 };
 
 /// Keys LLMux writes itself; a caller's value for them in `params` is not copied twice.
@@ -212,6 +212,19 @@ impl Provider for OpenAi {
         parse_image(route, body)
     }
 
+    fn speech_request(
+        &self,
+        route: &Route,
+        req: &SpeechRequest,
+        x: &Extras<'_>,
+    ) -> Result<PreparedRequest> {
+        Ok(PreparedRequest {
+            url: format!("{}/audio/speech", route.api_base),
+            headers: headers(route, x.headers)?,
+            body: speech_body(route, req, x.body)?,
+        })
+    }
+
     fn parse_embedding(
         &self,
         route: &Route,
@@ -295,6 +308,21 @@ pub fn image_body(
     body.extend_from_slice(b"{\"model\":");
     push_json(&mut body, &route.model)?;
     push_field(&mut body, "prompt", &Value::String(req.prompt.clone()))?;
+    push_params(&mut body, &req.params, extra_body)?;
+    body.push(b'}');
+    Ok(body.into())
+}
+
+/// An `audio/speech` body: the route's model, the text, the parameters (`voice`, ...).
+pub fn speech_body(
+    route: &Route,
+    req: &SpeechRequest,
+    extra_body: Option<&Map<String, Value>>,
+) -> Result<Bytes> {
+    let mut body = Vec::with_capacity(128);
+    body.extend_from_slice(b"{\"model\":");
+    push_json(&mut body, &route.model)?;
+    push_field(&mut body, "input", &Value::String(req.input.clone()))?;
     push_params(&mut body, &req.params, extra_body)?;
     body.push(b'}');
     Ok(body.into())

@@ -31,10 +31,10 @@ use crate::limiter::{self, Demand, Rate, RateLimitConfig, RateLimiter, ScopeLimi
 use crate::pipeline::{self, CallMeta, CallOptions, Completed, Mock};
 use crate::providers::Endpoint;
 use crate::retry::Backoff;
-use crate::streaming::ChatStream;
+use crate::streaming::{BinaryStream, ChatStream};
 use crate::types::{
     ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
-    Usage,
+    SpeechRequest, Usage,
 };
 use budget::{BudgetSnapshot, RetryBudget};
 use stats::{ClusterStats, DeploymentStats, Outcome};
@@ -847,6 +847,39 @@ impl Router {
                 let o = self.options_for(&d, opts, deadline);
                 async move {
                     let out = pipeline::image_generation(r, &o).await;
+                    ticket.settle(0);
+                    (out, Settle::Now(Some(0)))
+                }
+            })
+            .await;
+        settle_call(call_ticket, &out, 0);
+        out
+    }
+
+    /// Routed text to speech: retried and fallen back until the upstream answers with audio;
+    /// the body then streams from that deployment. Counts as a request, reserves no tokens.
+    pub async fn speech(
+        &self,
+        req: SpeechRequest,
+        opts: &CallOptions,
+        tags: &[String],
+    ) -> Result<Routed<(BinaryStream, CallMeta)>> {
+        let group = req.model.clone();
+        let timeout = self.timeout_for(opts);
+        if !self.group_exists(&group) {
+            return Err(unknown_group(&group));
+        }
+        let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
+        let out = self
+            .route(&group, tags, 0, timeout, false, |d, deadline, ticket| {
+                let mut r = req.clone();
+                r.model = d.model.clone();
+                for (k, v) in &d.params {
+                    r.params.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                let o = self.options_for(&d, opts, deadline);
+                async move {
+                    let out = pipeline::speech(r, &o).await;
                     ticket.settle(0);
                     (out, Settle::Now(Some(0)))
                 }

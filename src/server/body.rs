@@ -1,8 +1,9 @@
-//! The response body of every route: a whole buffer, or a stream of SSE frames fed by a task
-//! through a bounded channel. When the client goes away, hyper drops the body, the channel
+//! The response body of every route: a whole buffer, a stream of SSE frames, or a binary body
+//! (audio), each stream fed by a task through a bounded channel. A binary body whose upstream
+//! breaks ends with an error, so that the client sees a cut body rather than a short file. When the client goes away, hyper drops the body, the channel
 //! closes, and the feeding task sees it (`Sender::closed`) and drops the upstream call.
 
-use std::convert::Infallible;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -13,6 +14,7 @@ use tokio::sync::mpsc;
 pub enum Out {
     Full(Option<Bytes>),
     Stream(mpsc::Receiver<Bytes>),
+    Binary(mpsc::Receiver<io::Result<Bytes>>),
 }
 
 impl Out {
@@ -27,15 +29,16 @@ impl Out {
 
 impl Body for Out {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             Out::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Out::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+            Out::Binary(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
         }
     }
 
@@ -47,7 +50,7 @@ impl Body for Out {
         match self {
             Out::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Out::Full(None) => SizeHint::with_exact(0),
-            Out::Stream(_) => SizeHint::default(),
+            Out::Stream(_) | Out::Binary(_) => SizeHint::default(),
         }
     }
 }

@@ -34,7 +34,8 @@ use crate::limiter::{
     self, Caller, Demand, Denial, FailPolicy, Limited as Which, Rate, RateInfo, ScopeLimits, Ticket,
 };
 use crate::pipeline::{self, CallMeta, CallOptions, Mock};
-use crate::types::{ChatRequest, EmbeddingRequest, ImageRequest, Usage};
+use crate::streaming::BinaryStream;
+use crate::types::{ChatRequest, EmbeddingRequest, ImageRequest, SpeechRequest, Usage};
 
 /// Request fields that would point the gateway at another upstream or credential: refused,
 /// so that the gateway is never an open proxy.
@@ -306,6 +307,12 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
                 .instrument(span)
                 .await
         }
+        (&Method::POST, "/audio/speech") => {
+            let span = request_span("speech", &req, &rid);
+            model_call(gw, req, rid, "speech", span.clone())
+                .instrument(span)
+                .await
+        }
         (&Method::POST, "/images/generations") => {
             let span = request_span("images", &req, &rid);
             model_call(gw, req, rid, "images", span.clone())
@@ -324,6 +331,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
             "/chat/completions"
             | "/embeddings"
             | "/images/generations"
+            | "/audio/speech"
             | "/models"
             | "/health/liveliness"
             | "/health/readiness"
@@ -799,6 +807,12 @@ async fn model_call(
             None | Some(Value::Null) => return ctx.fail(&bad("'messages' is required")),
             Some(_) => return ctx.fail(&bad("'messages' must be a list of message objects")),
         },
+        "speech" => match body.remove("input") {
+            Some(Value::String(p)) if !p.is_empty() => Value::String(p),
+            Some(Value::String(_)) => return ctx.fail(&bad("'input' must not be empty")),
+            None | Some(Value::Null) => return ctx.fail(&bad("'input' is required")),
+            Some(_) => return ctx.fail(&bad("'input' must be a string")),
+        },
         "images" => match body.remove("prompt") {
             Some(Value::String(p)) if !p.trim().is_empty() => Value::String(p),
             Some(Value::String(_)) => return ctx.fail(&bad("'prompt' must not be empty")),
@@ -855,8 +869,8 @@ async fn model_call(
             messages: messages.clone(),
             params: call.params.clone(),
         }),
-        // An image counts as a request; it reserves no tokens.
-        "images" => 0,
+        // An image or a speech counts as a request; it reserves no tokens.
+        "images" | "speech" => 0,
         _ => limiter::embedding_reservation(&input),
     };
     let demand = Demand {
@@ -880,6 +894,32 @@ async fn model_call(
         }
     };
     let info = ticket.info();
+    if route == "speech" {
+        let req = SpeechRequest {
+            model: call.model.clone(),
+            input: input.as_str().unwrap_or_default().to_owned(),
+            params: call.params,
+        };
+        return match live.router.speech(req, &call.opts, &call.tags).await {
+            Ok(routed) => {
+                settle(ticket, None, 0);
+                let deployment = routed.deployment_id.clone();
+                let (stream, meta) = routed.value;
+                audio_response(
+                    ctx,
+                    stream,
+                    meta,
+                    deployment,
+                    routed.attempted_fallbacks,
+                    &info,
+                )
+            }
+            Err(e) => {
+                settle(ticket, Some(&e), 0);
+                ctx.fail(&e)
+            }
+        };
+    }
     if route == "images" {
         let req = ImageRequest {
             model: call.model.clone(),
@@ -1024,6 +1064,60 @@ fn routing_headers(
         set(h, "x-litellm-response-cost", &c.to_string());
     }
     rate_headers(h, info);
+}
+
+/// Streams an audio body to the client as it arrives. A gone client drops the upstream body;
+/// an upstream that breaks midway cuts the client's body with an error.
+fn audio_response(
+    ctx: Ctx,
+    mut stream: BinaryStream,
+    meta: CallMeta,
+    deployment: String,
+    fallbacks: u32,
+    info: &RateInfo,
+) -> Response<Out> {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    let mut r = Response::new(Out::Binary(rx));
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(stream.content_type()) {
+        h.insert(CONTENT_TYPE, v);
+    }
+    set(h, "x-request-id", &ctx.rid);
+    routing_headers(h, &deployment, fallbacks, meta.cost, info);
+    ctx.answered_by(&meta, meta.cost);
+    let in_flight = InFlight::new(&ctx.gw);
+    tokio::spawn(async move {
+        let mut status = 200;
+        loop {
+            let item = tokio::select! {
+                () = tx.closed() => {
+                    status = 499;
+                    break;
+                }
+                item = stream.next() => item,
+            };
+            match item {
+                None => break,
+                Some(Ok(b)) => {
+                    if tx.send(Ok(b)).await.is_err() {
+                        status = 499;
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    status = errors::status_of(&e).as_u16();
+                    ctx.span.record("error.type", e.kind.code());
+                    tracing::warn!(request_id = %ctx.rid, model = %ctx.model, error = %e.message, bytes = stream.bytes_read(), "audio stream broke");
+                    let _ = tx.send(Err(std::io::Error::other(e.message.clone()))).await;
+                    break;
+                }
+            }
+        }
+        drop(stream);
+        drop(in_flight);
+        ctx.finish(status, &deployment, None, meta.cost, None);
+    });
+    r
 }
 
 fn sse_response(

@@ -14,9 +14,11 @@
 //! spend counted, an answer cached) are visible to the caller's next call.
 
 pub mod assemble;
+pub mod binary;
 pub mod sse;
 
 pub use assemble::ChunkAssembler;
+pub use binary::BinaryStream;
 
 use std::collections::VecDeque;
 use std::pin::Pin;

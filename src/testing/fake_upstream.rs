@@ -13,6 +13,7 @@
 //! * `POST /v1/embeddings`: string / list of strings / tokens / list of token lists,
 //!   `dimensions` (default 8), `encoding_format: "base64"` (little-endian `f32`).
 //! * `POST /v1/images/generations`: `n` images (a 1x1 PNG) as `url` or `b64_json`.
+//! * `POST /v1/audio/speech`: audio bytes of the asked format, streamed in pieces.
 //! * `GET /v1/models`, `GET /v1/models/{id}`.
 //! * `GET /__stats?key=K`: [`KeyStats`] of key `K` as JSON. `GET /health`.
 //! * Anything else: 404 with an OpenAI error body. An unparsable JSON request body: 400.
@@ -627,6 +628,7 @@ enum Route {
     Chat,
     Embeddings,
     Images,
+    Speech,
     Models,
     Model,
     Health,
@@ -709,6 +711,7 @@ fn route(method: &Method, path: &str) -> Route {
         (&Method::POST, "/chat/completions") => Route::Chat,
         (&Method::POST, "/embeddings") => Route::Embeddings,
         (&Method::POST, "/images/generations") => Route::Images,
+        (&Method::POST, "/audio/speech") => Route::Speech,
         (&Method::GET, "/models") => Route::Models,
         (&Method::GET, p) if p.len() > "/models/".len() && p.starts_with("/models/") => {
             Route::Model
@@ -799,6 +802,7 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
             Route::Chat => chat(&state, &controls, &body, failing),
             Route::Embeddings => embeddings(&body),
             Route::Images => images(&body, &host),
+            Route::Speech => speech(&controls, &body),
             Route::Models => response(
                 StatusCode::OK,
                 JSON,
@@ -2068,6 +2072,129 @@ fn base64_encode(input: &[u8]) -> String {
         out.push(if len > 2 { sym(n, 0) } else { '=' });
     }
     out
+}
+
+/// Audio bytes of the asked format for `words` words of text: a real header (RIFF/WAVE for
+/// `wav`, ID3 + MPEG frames for `mp3`, `fLaC`, `OggS`, ADTS) and silence, 2,000 bytes a word.
+pub fn fake_audio(format: &str, words: usize) -> Vec<u8> {
+    let payload = 2000 * words.max(1);
+    let mut out = Vec::with_capacity(payload + 64);
+    match format {
+        "wav" => {
+            let data = u32::try_from(payload).unwrap_or(u32::MAX);
+            out.extend_from_slice(b"RIFF");
+            out.extend_from_slice(&(36 + data).to_le_bytes());
+            out.extend_from_slice(b"WAVEfmt ");
+            out.extend_from_slice(&16u32.to_le_bytes());
+            out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+            out.extend_from_slice(&1u16.to_le_bytes()); // mono
+            out.extend_from_slice(&24_000u32.to_le_bytes());
+            out.extend_from_slice(&48_000u32.to_le_bytes());
+            out.extend_from_slice(&2u16.to_le_bytes());
+            out.extend_from_slice(&16u16.to_le_bytes());
+            out.extend_from_slice(b"data");
+            out.extend_from_slice(&data.to_le_bytes());
+        }
+        "flac" => out.extend_from_slice(b"fLaC"),
+        "opus" => out.extend_from_slice(b"OggS"),
+        "aac" => out.extend_from_slice(&[0xff, 0xf1, 0x50, 0x80]),
+        "pcm" => {}
+        _ => out.extend_from_slice(b"ID3\x03\x00\x00\x00\x00\x00\x00"),
+    }
+    let frame: &[u8] = if matches!(format, "mp3" | "") {
+        &[0xff, 0xfb, 0x90, 0x64]
+    } else {
+        &[]
+    };
+    let total = out.len() + payload;
+    while out.len() < total {
+        out.extend_from_slice(frame);
+        let pad = 413.min(total.saturating_sub(out.len()));
+        out.resize(out.len() + pad, 0);
+    }
+    out.truncate(total);
+    out
+}
+
+/// `POST /v1/audio/speech`: audio of the asked `response_format` (default mp3), sent in
+/// `x-fake-chunks` pieces (default 8) `x-fake-chunk-delay-ms` apart; `x-fake-cut-after: N`
+/// breaks the body after `N` pieces.
+fn speech(controls: &Controls, body: &[u8]) -> Response<FakeBody> {
+    #[derive(Deserialize)]
+    struct SpeechReq {
+        input: Option<String>,
+        voice: Option<String>,
+        response_format: Option<String>,
+    }
+    let req: SpeechReq = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("We could not parse the JSON body of your request. ({e})");
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                &message,
+                "invalid_request_error",
+                None,
+            );
+        }
+    };
+    let Some(input) = req.input.filter(|i| !i.is_empty()) else {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "Missing required parameter: 'input'.",
+            "invalid_request_error",
+            None,
+        );
+    };
+    if req.voice.is_none() {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "Missing required parameter: 'voice'.",
+            "invalid_request_error",
+            None,
+        );
+    }
+    let format = req.response_format.unwrap_or_else(|| "mp3".to_owned());
+    let content_type = match format.as_str() {
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        "opus" => "audio/opus",
+        "aac" => "audio/aac",
+        "flac" => "audio/flac",
+        "pcm" => "audio/pcm",
+        other => {
+            let message = format!("Invalid value for 'response_format': '{other}'.");
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                &message,
+                "invalid_request_error",
+                None,
+            );
+        }
+    };
+    let audio = Bytes::from(fake_audio(&format, input.split_whitespace().count()));
+    let pieces = controls.chunks.unwrap_or(8).max(1);
+    let step = audio.len().div_ceil(pieces).max(1);
+    let mut items: Vec<Item> = (0..audio.len())
+        .step_by(step)
+        .map(|at| {
+            let piece = audio.slice(at..(at + step).min(audio.len()));
+            if at == 0 {
+                Item::Data(piece)
+            } else {
+                Item::Delayed(piece)
+            }
+        })
+        .collect();
+    if let Some(n) = controls.cut_after {
+        items.truncate(n);
+        items.push(Item::Cut);
+    }
+    response(
+        StatusCode::OK,
+        content_type,
+        FakeBody::events(items, Duration::from_millis(controls.chunk_delay_ms)),
+    )
 }
 
 /// `POST /v1/images/generations`: `n` copies of a 1x1 PNG, as `b64_json` or as a URL on this

@@ -6,11 +6,13 @@
 //! that a vendor's additions (`service_tier`, `citations`, ...) reach the caller intact.
 //! No I/O here.
 
+mod audio;
 mod chat;
 mod embeddings;
 mod images;
 mod stream;
 
+pub use audio::SpeechRequest;
 pub use chat::{ChatCompletion, ChatRequest, Choice, FunctionCall, Message, ToolCall, Usage};
 pub use embeddings::{EmbeddingRequest, EmbeddingResponse};
 pub use images::{ImageData, ImageRequest, ImageResponse};

@@ -1,0 +1,165 @@
+//! `NativeAudio`: a speech response body pulled from Python as it arrives, sync or async;
+//! `speech` / `aspeech` open one. Dropping it (or `close`) drops the HTTP response.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+use tokio::sync::Mutex;
+
+use super::bridge::{submit, Bridge, Outcome, TaskHandle};
+use super::convert::{hidden, split_kwargs};
+use super::errors::to_pyerr;
+use super::runtime::block_on;
+use crate::error::Result;
+use crate::pipeline::{self, CallMeta};
+use crate::streaming::BinaryStream;
+use crate::types::SpeechRequest;
+
+type Shared = Arc<Mutex<Option<BinaryStream>>>;
+
+#[pyclass(module = "llmux._llmux", frozen)]
+pub struct NativeAudio {
+    state: Shared,
+    content_type: String,
+}
+
+async fn pull(state: Shared) -> Result<Option<Bytes>> {
+    let mut g = state.lock().await;
+    let Some(s) = g.as_mut() else { return Ok(None) };
+    match s.next().await {
+        Some(Ok(b)) => Ok(Some(b)),
+        None => {
+            *g = None;
+            Ok(None)
+        }
+        Some(Err(e)) => {
+            *g = None;
+            Err(e)
+        }
+    }
+}
+
+fn piece_to_py(py: Python<'_>, r: Result<Option<Bytes>>) -> PyResult<Py<PyAny>> {
+    match r {
+        Ok(Some(b)) => Ok(PyBytes::new(py, &b).into_any().unbind()),
+        Ok(None) => Ok(py.None()),
+        Err(e) => Err(to_pyerr(py, e)),
+    }
+}
+
+struct Piece(Result<Option<Bytes>>);
+
+impl Outcome for Piece {
+    fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        piece_to_py(py, self.0)
+    }
+}
+
+#[pymethods]
+impl NativeAudio {
+    /// The upstream's content type (`audio/mpeg`, `audio/wav`, ...).
+    #[getter]
+    fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
+    /// The next piece of audio (GIL released while waiting), or None at the end.
+    fn next_chunk(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let state = self.state.clone();
+        let r = block_on(py, pull(state))?;
+        piece_to_py(py, r)
+    }
+
+    /// Starts pulling the next piece; `fut` gets bytes, or None at the end.
+    fn anext_chunk(&self, bridge: &Bound<'_, Bridge>, fut: Py<PyAny>) -> PyResult<TaskHandle> {
+        let state = self.state.clone();
+        submit(bridge, fut, async move { Piece(pull(state).await) })
+    }
+
+    /// Drops the body (and the connection) now.
+    fn close(&self) {
+        if let Ok(mut g) = self.state.try_lock() {
+            *g = None;
+        }
+    }
+}
+
+/// `(NativeAudio, hidden)` for an opened speech call.
+pub fn audio_to_py<'py>(
+    py: Python<'py>,
+    r: Result<(BinaryStream, CallMeta)>,
+    caller_model: &str,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
+    let (stream, meta) = r.map_err(|e| to_pyerr(py, e))?;
+    let h = hidden(py, &meta, caller_model)?;
+    h.set_item(
+        "_response_ms",
+        meta.started.elapsed().as_secs_f64() * 1000.0,
+    )?;
+    let native = Bound::new(
+        py,
+        NativeAudio {
+            content_type: stream.content_type().to_owned(),
+            state: Arc::new(Mutex::new(Some(stream))),
+        },
+    )?;
+    Ok((native.into_any(), h))
+}
+
+struct Opened(Result<(BinaryStream, CallMeta)>, String);
+
+impl Outcome for Opened {
+    fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let (a, h) = audio_to_py(py, self.0, &self.1)?;
+        Ok(PyTuple::new(py, [a, h.into_any()])?.into_any().unbind())
+    }
+}
+
+pub fn speech_args(
+    model: String,
+    input: String,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(SpeechRequest, pipeline::CallOptions)> {
+    let (params, opts) = split_kwargs(kwargs)?;
+    Ok((
+        SpeechRequest {
+            model,
+            input,
+            params,
+        },
+        opts,
+    ))
+}
+
+/// Opens a speech call (blocking, GIL released): `(NativeAudio, hidden)`.
+#[pyfunction]
+#[pyo3(signature = (model, input, kwargs=None))]
+pub fn speech<'py>(
+    py: Python<'py>,
+    model: String,
+    input: String,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (req, opts) = speech_args(model.clone(), input, kwargs)?;
+    let r = block_on(py, async move { pipeline::speech(req, &opts).await })?;
+    let (a, h) = audio_to_py(py, r, &model)?;
+    PyTuple::new(py, [a, h.into_any()])
+}
+
+/// Starts a speech call; `fut` gets `(NativeAudio, hidden)`.
+#[pyfunction]
+#[pyo3(signature = (bridge, fut, model, input, kwargs=None))]
+pub fn aspeech(
+    bridge: &Bound<'_, Bridge>,
+    fut: Py<PyAny>,
+    model: String,
+    input: String,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<TaskHandle> {
+    let (req, opts) = speech_args(model.clone(), input, kwargs)?;
+    submit(bridge, fut, async move {
+        Opened(pipeline::speech(req, &opts).await, model)
+    })
+}
