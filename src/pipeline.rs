@@ -27,8 +27,9 @@ use crate::providers::{media, resolve, Endpoint, Extras, PreparedRequest, Route}
 use crate::retry::{decide, Backoff, Decision};
 use crate::streaming::{BinaryStream, ChatStream};
 use crate::types::{
-    unix_now, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, EmbeddingRequest,
-    EmbeddingResponse, ImageRequest, ImageResponse, Message, SpeechRequest, Usage,
+    unix_now, AudioSource, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
+    EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse, Message, SpeechRequest,
+    TranscriptionRequest, TranscriptionResponse, Usage,
 };
 
 /// LiteLLM's default request timeout.
@@ -261,6 +262,11 @@ async fn send(
         .send()
         .await
         .map_err(|e| transport_error(&e, &route.api_base))?;
+    checked(route, resp).await
+}
+
+/// A 2xx answer, or the classified error of any other.
+async fn checked(route: &Route, resp: reqwest::Response) -> Result<reqwest::Response> {
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {
         return Ok(resp);
@@ -643,6 +649,16 @@ impl Priced for ChatCompletion {
     }
 }
 
+impl Priced for TranscriptionResponse {
+    /// Transcriptions are priced per second of audio (see [`transcription`]).
+    fn usage(&self) -> Option<&Usage> {
+        None
+    }
+    fn model(&self) -> &str {
+        ""
+    }
+}
+
 impl Priced for ImageResponse {
     /// Images are priced per image, not per token (see [`image_generation`]).
     fn usage(&self) -> Option<&Usage> {
@@ -967,6 +983,168 @@ pub async fn speech(req: SpeechRequest, opts: &CallOptions) -> Result<(BinaryStr
                 BinaryStream::from_response(resp, idle, route.api_base.clone()),
                 meta,
             ))
+        }
+        Err(e) => Err(e.with_context(route.provider, &route.model)),
+    }
+}
+
+/// The largest audio file a transcription sends unless the call says otherwise
+/// (`max_upload_bytes`).
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
+
+/// The multipart body of one transcription attempt: the form fields, then the file, streamed
+/// from disk (or from memory) as the request is written.
+async fn transcription_form(
+    route: &Route,
+    req: &TranscriptionRequest,
+) -> Result<reqwest::multipart::Form> {
+    use reqwest::multipart::{Form, Part};
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut form = Form::new().text("model", route.model.clone());
+    for (k, v) in &req.params {
+        match v {
+            Value::Null => {}
+            Value::Array(items) => {
+                for item in items {
+                    form = form.text(format!("{k}[]"), text(item));
+                }
+            }
+            other => form = form.text(k.clone(), text(other)),
+        }
+    }
+    let part = match &req.file {
+        AudioSource::Path(p) => Part::file(p).await.map_err(|e| {
+            Error::bad_request(format!("cannot read the audio file {}: {e}", p.display()))
+        })?,
+        AudioSource::Bytes(b) => {
+            Part::stream_with_length(reqwest::Body::from(b.clone()), b.len() as u64)
+        }
+    };
+    Ok(form.part("file", part.file_name(req.filename.clone())))
+}
+
+/// Seconds of audio in a WAV file's header, when the file is a plain PCM WAV.
+fn wav_seconds(head: &[u8]) -> Option<f64> {
+    if head.len() < 44 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return None;
+    }
+    let rate = u32::from_le_bytes(head[28..32].try_into().ok()?);
+    let data = u32::from_le_bytes(head[40..44].try_into().ok()?);
+    (rate > 0).then(|| f64::from(data) / f64::from(rate))
+}
+
+async fn audio_head(file: &AudioSource) -> Vec<u8> {
+    match file {
+        AudioSource::Bytes(b) => b[..b.len().min(44)].to_vec(),
+        AudioSource::Path(p) => {
+            use tokio::io::AsyncReadExt;
+            let mut head = vec![0u8; 44];
+            match tokio::fs::File::open(p).await {
+                Ok(mut f) => {
+                    let n = f.read(&mut head).await.unwrap_or(0);
+                    head.truncate(n);
+                    head
+                }
+                Err(_) => Vec::new(),
+            }
+        }
+    }
+}
+
+/// Speech to text. The file is sent as multipart/form-data streamed from disk (memory stays
+/// flat whatever its size), again on each retry; a file over `max_upload_bytes` (default
+/// [`DEFAULT_MAX_UPLOAD_BYTES`]) is refused before anything is sent. `text`, `srt` and `vtt`
+/// answers come back as the `text` of the response. The cost is per second of audio, from the
+/// answer's `duration` or a WAV header.
+pub async fn transcription(
+    req: TranscriptionRequest,
+    opts: &CallOptions,
+) -> Result<Completed<TranscriptionResponse>> {
+    let started = Instant::now();
+    let mut req = req;
+    cache::strip_controls(&mut req.params);
+    let limit = match req.params.remove("max_upload_bytes") {
+        Some(v) => v.as_u64().ok_or_else(|| {
+            Error::bad_request("max_upload_bytes must be a whole number of bytes")
+        })?,
+        None => DEFAULT_MAX_UPLOAD_BYTES,
+    };
+    let ctx = |e: Error| e.with_context("openai", &req.model);
+    let size = match &req.file {
+        AudioSource::Bytes(b) => b.len() as u64,
+        AudioSource::Path(p) => tokio::fs::metadata(p)
+            .await
+            .map_err(|e| {
+                ctx(Error::bad_request(format!(
+                    "cannot read the audio file {}: {e}",
+                    p.display()
+                )))
+            })?
+            .len(),
+    };
+    if size == 0 {
+        return Err(ctx(Error::bad_request("the audio file is empty")));
+    }
+    if size > limit {
+        return Err(ctx(Error::bad_request(format!(
+            "the audio file is {size} bytes, over the upload limit of {limit} bytes (max_upload_bytes)"
+        ))
+        .with_status(413)));
+    }
+    let route = resolve(&req.model, &opts.endpoint).map_err(ctx)?;
+    let (url, mut headers) = route
+        .dialect
+        .transcription_target(&route, &extras(opts))
+        .map_err(|e| e.with_context(route.provider, &route.model))?;
+    headers.remove(reqwest::header::CONTENT_TYPE);
+    let plain = matches!(
+        req.params.get("response_format").and_then(Value::as_str),
+        Some("text" | "srt" | "vtt")
+    );
+    let result = with_retries(opts, started, || async {
+        let form = transcription_form(&route, &req).await?;
+        let resp = client()?
+            .post(&url)
+            .headers(headers.clone())
+            .multipart(form)
+            .timeout(remaining(started, opts))
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, &route.api_base))?;
+        let body = checked(&route, resp)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&e, &route.api_base))?;
+        if plain {
+            return Ok(TranscriptionResponse {
+                text: String::from_utf8_lossy(&body).into_owned(),
+                extra: Map::new(),
+            });
+        }
+        serde_json::from_slice::<TranscriptionResponse>(&body).map_err(|e| {
+            crate::providers::openai::invalid_response(&route, "transcription", &e, &body)
+        })
+    })
+    .await;
+    match result {
+        Ok((response, attempts)) => {
+            let mut meta = CallMeta::new(&route, started);
+            meta.attempts = attempts;
+            let seconds = match response.extra.get("duration").and_then(Value::as_f64) {
+                Some(d) => Some(d),
+                None => wav_seconds(&audio_head(&req.file).await),
+            };
+            meta.cost = seconds
+                .and_then(|s| pricing::transcription_cost(Some(route.provider), &route.model, s));
+            Ok(Completed {
+                response,
+                meta,
+                elapsed: started.elapsed(),
+            })
         }
         Err(e) => Err(e.with_context(route.provider, &route.model)),
     }

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Union
 
 from . import _llmux
 from ._aio import run as _run
-from ._audio import HttpxBinaryResponseContent
+from ._audio import HttpxBinaryResponseContent, audio_file
 from ._cost import (
     completion_cost,
     cost_per_token,
@@ -73,6 +73,7 @@ from .types import (
     ModelResponse,
     ModelResponseStream,
     StreamingChoices,
+    TranscriptionResponse,
     Usage,
 )
 
@@ -450,6 +451,26 @@ async def aspeech(
     return HttpxBinaryResponseContent(native, hidden)
 
 
+def transcription(model: str, file: Any, **kwargs: Any) -> TranscriptionResponse:
+    """Speech to text, LiteLLM's ``transcription``: ``file`` is a path, a file object, bytes or
+    ``(filename, content)``; a file on disk is streamed, never loaded whole. ``language``,
+    ``prompt``, ``response_format`` (json, text, srt, verbose_json, vtt), ``temperature``,
+    ``timestamp_granularities`` are sent upstream; ``max_upload_bytes`` (default 100 MiB) caps
+    the file."""
+    path, data, name = audio_file(file)
+    _apply_settings(kwargs)
+    d, hidden = _llmux.transcription(model, path, data, name, kwargs)
+    return TranscriptionResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+async def atranscription(model: str, file: Any, **kwargs: Any) -> TranscriptionResponse:
+    """Async form of ``transcription``."""
+    path, data, name = audio_file(file)
+    _apply_settings(kwargs)
+    d, hidden = await _run(_llmux.atranscription, model, path, data, name, kwargs)
+    return TranscriptionResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
 def flush_callbacks(timeout: float = 5.0) -> bool:
     """Waits until every queued callback event has been delivered (False on timeout)."""
     from ._callbacks import flush
@@ -505,6 +526,7 @@ __all__ = [
     "ServiceUnavailableError",
     "StreamingChoices",
     "Timeout",
+    "TranscriptionResponse",
     "UnprocessableEntityError",
     "UnsupportedParamsError",
     "Usage",
@@ -512,6 +534,7 @@ __all__ = [
     "aembedding",
     "aimage_generation",
     "aspeech",
+    "atranscription",
     "cache",
     "callbacks",
     "failure_callback",
@@ -537,5 +560,6 @@ __all__ = [
     "supports_function_calling",
     "supports_vision",
     "token_counter",
+    "transcription",
     "update_cache",
 ]

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Iterator, Optional, Union
 
 from ._aio import run as _run
 
-__all__ = ["HttpxBinaryResponseContent"]
+__all__ = ["HttpxBinaryResponseContent", "audio_file"]
 
 _Path = Union[str, "os.PathLike[str]"]
 
@@ -117,3 +117,26 @@ class HttpxBinaryResponseContent:
 
     def __repr__(self) -> str:
         return f"<HttpxBinaryResponseContent {self.content_type}>"
+
+
+def audio_file(file: Any) -> tuple:
+    """``(path, data, filename)`` for a transcription's ``file``: a path (str or PathLike) or a
+    file object opened on one are streamed from disk; bytes, an in-memory file object, or a
+    ``(filename, content)`` tuple are sent from memory."""
+    if isinstance(file, tuple):
+        name, content = file[0], file[1]
+        path, data, _ = audio_file(content)
+        return path, data, os.path.basename(str(name))
+    if isinstance(file, (str, os.PathLike)):
+        return os.fspath(file), None, os.path.basename(os.fspath(file))
+    if isinstance(file, (bytes, bytearray, memoryview)):
+        return None, bytes(file), "audio.wav"
+    name = getattr(file, "name", None)
+    if isinstance(name, (str, os.PathLike)) and os.path.isfile(name):
+        return os.fspath(name), None, os.path.basename(os.fspath(name))
+    if hasattr(file, "read"):
+        data = file.read()
+        if isinstance(data, str):
+            data = data.encode()
+        return None, bytes(data), os.path.basename(str(name)) if name else "audio.wav"
+    raise TypeError("file must be a path, bytes, a file object or a (filename, content) tuple")

@@ -16,6 +16,7 @@ __all__ = [
     "aembedding",
     "aimage_generation",
     "aspeech",
+    "atranscription",
     "cache_stats",
     "completion",
     "completion_stream",
@@ -37,6 +38,7 @@ __all__ = [
     "set_request_log",
     "speech",
     "token_count",
+    "transcription",
     "unpriced_count",
     "watch_price_file",
 ]
@@ -94,6 +96,24 @@ class NativeAudio:
     def anext_chunk(self, bridge: Bridge, fut: Any) -> TaskHandle: ...
     def close(self) -> None: ...
 
+def transcription(
+    model: str,
+    path: Optional[Any],
+    data: Optional[bytes],
+    filename: str,
+    kwargs: Optional[dict[str, Any]] = None,
+) -> _Unary:
+    """Blocking transcription (GIL released); the file at ``path`` is streamed from disk."""
+
+def atranscription(
+    bridge: Bridge,
+    fut: Any,
+    model: str,
+    path: Optional[Any],
+    data: Optional[bytes],
+    filename: str,
+    kwargs: Optional[dict[str, Any]] = None,
+) -> TaskHandle: ...
 def error_kinds() -> list[tuple[str, str, bool, int]]:
     """Every error kind: ``(code, exception class name, retryable, default status)``."""
 
@@ -186,6 +206,24 @@ class NativeRouter:
     ) -> tuple[NativeAudio, dict[str, Any]]: ...
     def aspeech(
         self, bridge: Bridge, fut: Any, model: str, input: str, kwargs: Optional[dict[str, Any]] = None
+    ) -> TaskHandle: ...
+    def transcription(
+        self,
+        model: str,
+        path: Optional[Any],
+        data: Optional[bytes],
+        filename: str,
+        kwargs: Optional[dict[str, Any]] = None,
+    ) -> _Unary: ...
+    def atranscription(
+        self,
+        bridge: Bridge,
+        fut: Any,
+        model: str,
+        path: Optional[Any],
+        data: Optional[bytes],
+        filename: str,
+        kwargs: Optional[dict[str, Any]] = None,
     ) -> TaskHandle: ...
     def deployment_stats(self) -> list[dict[str, Any]]: ...
     def rate_limit_stats(self) -> dict[str, Any]: ...

@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Optional, Union
 
 from . import _llmux
 from ._aio import run as _run
-from ._audio import HttpxBinaryResponseContent
+from ._audio import HttpxBinaryResponseContent, audio_file
 from ._stream_wrapper import CustomStreamWrapper
-from .types import EmbeddingResponse, ImageResponse, ModelResponse
+from .types import EmbeddingResponse, ImageResponse, ModelResponse, TranscriptionResponse
 
 __all__ = ["Router"]
 
@@ -224,3 +224,15 @@ class Router:
             kwargs["voice"] = voice
         native, hidden = await _run(self._native.aspeech, model, input, kwargs)
         return HttpxBinaryResponseContent(native, hidden)
+
+    def transcription(self, model: str, file: Any, **kwargs: Any) -> TranscriptionResponse:
+        _sync_engine_settings()
+        path, data, name = audio_file(file)
+        d, hidden = self._native.transcription(model, path, data, name, kwargs)
+        return TranscriptionResponse._from_native(d, hidden, hidden["_response_ms"])
+
+    async def atranscription(self, model: str, file: Any, **kwargs: Any) -> TranscriptionResponse:
+        _sync_engine_settings()
+        path, data, name = audio_file(file)
+        d, hidden = await _run(self._native.atranscription, model, path, data, name, kwargs)
+        return TranscriptionResponse._from_native(d, hidden, hidden["_response_ms"])

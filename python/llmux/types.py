@@ -41,6 +41,7 @@ __all__ = [
     "ModelResponseStream",
     "PromptTokensDetailsWrapper",
     "StreamingChoices",
+    "TranscriptionResponse",
     "Usage",
     "map_finish_reason",
 ]
@@ -1355,6 +1356,40 @@ class ImageResponse(_ResponseBase):
         return cls._from_native(d)
 
 
+class TranscriptionResponse(_ResponseBase):
+    """Transcription result, LiteLLM's ``TranscriptionResponse``: ``text``, plus ``language``,
+    ``duration``, ``segments``, ``words`` for ``verbose_json``."""
+
+    __slots__ = ()
+    _ORDER = ("text",)
+
+    def __init__(
+        self, text: Optional[str] = None, hidden_params: Optional[dict] = None, **params: Any
+    ) -> None:
+        d = {"text": text}
+        d.update(params)
+        _osa(self, "_d", d)
+        _osa(self, "_hidden_params", hidden_params or {})
+        _osa(self, "_response_ms", None)
+        _osa(self, "_response_headers", None)
+
+    @classmethod
+    def _from_native(
+        cls, d: dict, hidden: Optional[dict] = None, response_ms: Optional[float] = None
+    ) -> TranscriptionResponse:
+        obj = cls.__new__(cls)
+        d.setdefault("text", "")
+        _osa(obj, "_d", d)
+        _osa(obj, "_hidden_params", hidden if hidden is not None else {})
+        _osa(obj, "_response_ms", response_ms)
+        _osa(obj, "_response_headers", None)
+        return obj
+
+    @classmethod
+    def _wrap(cls, d: dict):
+        return cls._from_native(d)
+
+
 _CLASSES: Dict[str, Any] = {
     c.__name__: c
     for c in (
@@ -1375,6 +1410,7 @@ _CLASSES: Dict[str, Any] = {
         EmbeddingResponse,
         ImageObject,
         ImageResponse,
+        TranscriptionResponse,
     )
 }
 

@@ -1,6 +1,8 @@
-//! `NativeAudio`: a speech response body pulled from Python as it arrives, sync or async;
-//! `speech` / `aspeech` open one. Dropping it (or `close`) drops the HTTP response.
+//! Audio: `NativeAudio`, a speech response body pulled from Python as it arrives, sync or
+//! async (`speech` / `aspeech` open one; dropping it or `close` drops the HTTP response), and
+//! `transcription` / `atranscription`, whose file is streamed from disk.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,7 +17,7 @@ use super::runtime::block_on;
 use crate::error::Result;
 use crate::pipeline::{self, CallMeta};
 use crate::streaming::BinaryStream;
-use crate::types::SpeechRequest;
+use crate::types::{AudioSource, SpeechRequest, TranscriptionRequest};
 
 type Shared = Arc<Mutex<Option<BinaryStream>>>;
 
@@ -161,5 +163,69 @@ pub fn aspeech(
     let (req, opts) = speech_args(model.clone(), input, kwargs)?;
     submit(bridge, fut, async move {
         Opened(pipeline::speech(req, &opts).await, model)
+    })
+}
+
+pub fn transcription_args(
+    model: String,
+    path: Option<PathBuf>,
+    data: Option<&Bound<'_, PyBytes>>,
+    filename: String,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(TranscriptionRequest, pipeline::CallOptions)> {
+    let (params, opts) = split_kwargs(kwargs)?;
+    let file = match (path, data) {
+        (Some(p), _) => AudioSource::Path(p),
+        (None, Some(d)) => AudioSource::Bytes(Bytes::copy_from_slice(d.as_bytes())),
+        (None, None) => {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "file must be a path, bytes or a file object",
+            ))
+        }
+    };
+    Ok((
+        TranscriptionRequest {
+            model,
+            file,
+            filename,
+            params,
+        },
+        opts,
+    ))
+}
+
+/// Blocking transcription (GIL released): `(response, hidden)`. The audio is a file `path`
+/// (streamed from disk) or `data` in memory.
+#[pyfunction]
+#[pyo3(signature = (model, path, data, filename, kwargs=None))]
+pub fn transcription<'py>(
+    py: Python<'py>,
+    model: String,
+    path: Option<PathBuf>,
+    data: Option<&Bound<'py, PyBytes>>,
+    filename: String,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (req, opts) = transcription_args(model.clone(), path, data, filename, kwargs)?;
+    let r = block_on(py, async move { pipeline::transcription(req, &opts).await })?;
+    super::completion::unary_result(py, r, &model)
+}
+
+/// Starts a transcription; `fut` gets `(response, hidden)`.
+#[pyfunction]
+#[pyo3(signature = (bridge, fut, model, path, data, filename, kwargs=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn atranscription(
+    bridge: &Bound<'_, Bridge>,
+    fut: Py<PyAny>,
+    model: String,
+    path: Option<PathBuf>,
+    data: Option<&Bound<'_, PyBytes>>,
+    filename: String,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<TaskHandle> {
+    let (req, opts) = transcription_args(model.clone(), path, data, filename, kwargs)?;
+    submit(bridge, fut, async move {
+        super::completion::Unary(pipeline::transcription(req, &opts).await, model)
     })
 }

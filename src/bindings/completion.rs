@@ -33,7 +33,7 @@ fn chat_args(
 }
 
 /// `(response_dict, hidden_params)` for Python to wrap.
-fn unary_result<'py, T: serde::Serialize>(
+pub(crate) fn unary_result<'py, T: serde::Serialize>(
     py: Python<'py>,
     r: Result<Completed<T>>,
     caller_model: &str,
@@ -62,7 +62,7 @@ pub fn completion<'py>(
 }
 
 /// A finished call carried back into Python by the asyncio bridge.
-pub struct Unary<T>(Result<Completed<T>>, String);
+pub struct Unary<T>(pub Result<Completed<T>>, pub String);
 
 impl<T: serde::Serialize + Send + 'static> Outcome for Unary<T> {
     fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {

@@ -26,6 +26,7 @@ use crate::router::{Routed, Router};
 use crate::streaming::BinaryStream;
 use crate::types::{
     ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
+    TranscriptionResponse,
 };
 
 fn bad(msg: String) -> PyErr {
@@ -434,6 +435,48 @@ impl NativeRouter {
         let router = self.inner.clone();
         submit(bridge, fut, async move {
             RoutedAudio(router.speech(req, &opts, &[]).await, model)
+        })
+    }
+
+    #[pyo3(signature = (model, path, data, filename, kwargs=None))]
+    fn transcription<'py>(
+        &self,
+        py: Python<'py>,
+        model: String,
+        path: Option<std::path::PathBuf>,
+        data: Option<&Bound<'py, pyo3::types::PyBytes>>,
+        filename: String,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (req, opts) =
+            super::audio::transcription_args(model.clone(), path, data, filename, kwargs)?;
+        let router = self.inner.clone();
+        let r = block_on(
+            py,
+            async move { router.transcription(req, &opts, &[]).await },
+        )?;
+        unary_to_py(py, r, &model)
+    }
+
+    #[pyo3(signature = (bridge, fut, model, path, data, filename, kwargs=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn atranscription(
+        &self,
+        bridge: &Bound<'_, Bridge>,
+        fut: Py<PyAny>,
+        model: String,
+        path: Option<std::path::PathBuf>,
+        data: Option<&Bound<'_, pyo3::types::PyBytes>>,
+        filename: String,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<TaskHandle> {
+        let (req, opts) =
+            super::audio::transcription_args(model.clone(), path, data, filename, kwargs)?;
+        let router = self.inner.clone();
+        submit(bridge, fut, async move {
+            let r: Result<Routed<Completed<TranscriptionResponse>>> =
+                router.transcription(req, &opts, &[]).await;
+            RoutedUnary(r, model)
         })
     }
 

@@ -262,6 +262,12 @@ pub fn image_cost(
     Some(per_image * n as f64)
 }
 
+/// The cost in USD of transcribing `seconds` of audio (`input_cost_per_second`).
+pub fn transcription_cost(provider: Option<&str>, model: &str, seconds: f64) -> Option<f64> {
+    let entry = lookup(provider, model)?;
+    num(&entry, "input_cost_per_second").map(|c| c * seconds)
+}
+
 /// The cost in USD of speaking `input` (`input_cost_per_character`).
 pub fn speech_cost(provider: Option<&str>, model: &str, input: &str) -> Option<f64> {
     let entry = lookup(provider, model)?;

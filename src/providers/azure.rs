@@ -149,6 +149,13 @@ impl Provider for Azure {
         openai::parse_image(route, body)
     }
 
+    fn transcription_target(&self, route: &Route, x: &Extras<'_>) -> Result<(String, HeaderMap)> {
+        Ok((
+            url(route, "audio/transcriptions"),
+            headers(route, x.headers)?,
+        ))
+    }
+
     fn speech_request(
         &self,
         route: &Route,

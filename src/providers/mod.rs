@@ -110,6 +110,15 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
         )))
     }
 
+    /// Where a transcription goes: the URL and the headers (the pipeline builds the multipart
+    /// body itself, streaming the file).
+    fn transcription_target(&self, route: &Route, _x: &Extras<'_>) -> Result<(String, HeaderMap)> {
+        Err(Error::bad_request(format!(
+            "provider '{}' has no transcription endpoint in LLMux",
+            route.provider
+        )))
+    }
+
     fn parse_image(&self, route: &Route, _body: &[u8]) -> Result<ImageResponse> {
         Err(Error::bad_request(format!(
             "provider '{}' has no image generation endpoint in LLMux",

@@ -212,6 +212,13 @@ impl Provider for OpenAi {
         parse_image(route, body)
     }
 
+    fn transcription_target(&self, route: &Route, x: &Extras<'_>) -> Result<(String, HeaderMap)> {
+        Ok((
+            format!("{}/audio/transcriptions", route.api_base),
+            headers(route, x.headers)?,
+        ))
+    }
+
     fn speech_request(
         &self,
         route: &Route,
@@ -283,7 +290,12 @@ impl StreamDecoder for SseDecoder {
     }
 }
 
-fn invalid_response(route: &Route, what: &str, e: &serde_json::Error, body: &[u8]) -> Error {
+pub(crate) fn invalid_response(
+    route: &Route,
+    what: &str,
+    e: &serde_json::Error,
+    body: &[u8],
+) -> Error {
     Error::new(
         ErrorKind::InvalidResponse,
         format!(

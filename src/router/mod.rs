@@ -34,7 +34,7 @@ use crate::retry::Backoff;
 use crate::streaming::{BinaryStream, ChatStream};
 use crate::types::{
     ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
-    SpeechRequest, Usage,
+    SpeechRequest, TranscriptionRequest, TranscriptionResponse, Usage,
 };
 use budget::{BudgetSnapshot, RetryBudget};
 use stats::{ClusterStats, DeploymentStats, Outcome};
@@ -880,6 +880,39 @@ impl Router {
                 let o = self.options_for(&d, opts, deadline);
                 async move {
                     let out = pipeline::speech(r, &o).await;
+                    ticket.settle(0);
+                    (out, Settle::Now(Some(0)))
+                }
+            })
+            .await;
+        settle_call(call_ticket, &out, 0);
+        out
+    }
+
+    /// A routed transcription: retried and fallen back like any call (the file is sent again
+    /// from disk on each attempt). Counts as a request, reserves no tokens.
+    pub async fn transcription(
+        &self,
+        req: TranscriptionRequest,
+        opts: &CallOptions,
+        tags: &[String],
+    ) -> Result<Routed<Completed<TranscriptionResponse>>> {
+        let group = req.model.clone();
+        let timeout = self.timeout_for(opts);
+        if !self.group_exists(&group) {
+            return Err(unknown_group(&group));
+        }
+        let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
+        let out = self
+            .route(&group, tags, 0, timeout, false, |d, deadline, ticket| {
+                let mut r = req.clone();
+                r.model = d.model.clone();
+                for (k, v) in &d.params {
+                    r.params.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                let o = self.options_for(&d, opts, deadline);
+                async move {
+                    let out = pipeline::transcription(r, &o).await;
                     ticket.settle(0);
                     (out, Settle::Now(Some(0)))
                 }

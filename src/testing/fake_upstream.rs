@@ -14,6 +14,7 @@
 //!   `dimensions` (default 8), `encoding_format: "base64"` (little-endian `f32`).
 //! * `POST /v1/images/generations`: `n` images (a 1x1 PNG) as `url` or `b64_json`.
 //! * `POST /v1/audio/speech`: audio bytes of the asked format, streamed in pieces.
+//! * `POST /v1/audio/transcriptions`: multipart in; the text says how many bytes of which file.
 //! * `GET /v1/models`, `GET /v1/models/{id}`.
 //! * `GET /__stats?key=K`: [`KeyStats`] of key `K` as JSON. `GET /health`.
 //! * Anything else: 404 with an OpenAI error body. An unparsable JSON request body: 400.
@@ -629,6 +630,7 @@ enum Route {
     Embeddings,
     Images,
     Speech,
+    Transcription,
     Models,
     Model,
     Health,
@@ -712,6 +714,7 @@ fn route(method: &Method, path: &str) -> Route {
         (&Method::POST, "/embeddings") => Route::Embeddings,
         (&Method::POST, "/images/generations") => Route::Images,
         (&Method::POST, "/audio/speech") => Route::Speech,
+        (&Method::POST, "/audio/transcriptions") => Route::Transcription,
         (&Method::GET, "/models") => Route::Models,
         (&Method::GET, p) if p.len() > "/models/".len() && p.starts_with("/models/") => {
             Route::Model
@@ -763,6 +766,12 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
         .as_ref()
         .map(lossy)
         .unwrap_or(Cow::Borrowed(""));
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let host = parts
         .headers
         .get(hyper::header::HOST)
@@ -803,6 +812,7 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
             Route::Embeddings => embeddings(&body),
             Route::Images => images(&body, &host),
             Route::Speech => speech(&controls, &body),
+            Route::Transcription => transcription(&content_type, &body),
             Route::Models => response(
                 StatusCode::OK,
                 JSON,
@@ -2195,6 +2205,107 @@ fn speech(controls: &Controls, body: &[u8]) -> Response<FakeBody> {
         content_type,
         FakeBody::events(items, Duration::from_millis(controls.chunk_delay_ms)),
     )
+}
+
+/// One part of a multipart/form-data body: `(name, file name, bytes)`.
+type FormPart<'a> = (String, Option<String>, &'a [u8]);
+
+/// The parts of a multipart/form-data body.
+fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Option<Vec<FormPart<'a>>> {
+    let boundary = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))?
+        .trim_matches('"');
+    let delim = format!("--{boundary}");
+    let mut out = Vec::new();
+    let mut rest = body;
+    let start = memchr::memmem::find(rest, delim.as_bytes())?;
+    rest = &rest[start + delim.len()..];
+    loop {
+        if rest.starts_with(b"--") {
+            return Some(out);
+        }
+        rest = rest.strip_prefix(b"\r\n")?;
+        let head_end = memchr::memmem::find(rest, b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&rest[..head_end]).ok()?;
+        let content = &rest[head_end + 4..];
+        let next = memchr::memmem::find(content, format!("\r\n{delim}").as_bytes())?;
+        let disposition = head
+            .split("\r\n")
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition"))
+            .unwrap_or("");
+        let field = |key: &str| {
+            disposition.split(';').find_map(|p| {
+                p.trim()
+                    .strip_prefix(&format!("{key}="))
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
+        };
+        out.push((field("name")?, field("filename"), &content[..next]));
+        rest = &content[next + 2 + delim.len()..];
+    }
+}
+
+/// `POST /v1/audio/transcriptions`: multipart with `file` and `model`; answers the text
+/// `"transcribed <bytes> bytes of <file name>"` as `json` (default), `verbose_json` (with
+/// `language` and `duration`), or plain `text`.
+fn transcription(content_type: &str, body: &[u8]) -> Response<FakeBody> {
+    let Some(parts) = multipart_parts(content_type, body) else {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "The request body is not valid multipart/form-data.",
+            "invalid_request_error",
+            None,
+        );
+    };
+    let text_field = |name: &str| {
+        parts
+            .iter()
+            .find(|(n, f, _)| n == name && f.is_none())
+            .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let Some((_, filename, data)) = parts.iter().find(|(n, _, _)| n == "file") else {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "Missing required parameter: 'file'.",
+            "invalid_request_error",
+            None,
+        );
+    };
+    if text_field("model").is_none() {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "Missing required parameter: 'model'.",
+            "invalid_request_error",
+            None,
+        );
+    }
+    let name = filename.clone().unwrap_or_default();
+    let text = format!("transcribed {} bytes of {name}", data.len());
+    let grains: Vec<String> = parts
+        .iter()
+        .filter(|(n, _, _)| n == "timestamp_granularities[]")
+        .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    match text_field("response_format").as_deref() {
+        Some("text" | "srt" | "vtt") => response(
+            StatusCode::OK,
+            "text/plain",
+            FakeBody::once(Bytes::from(text)),
+        ),
+        Some("verbose_json") => {
+            let mut out = serde_json::json!({"task": "transcribe", "language": text_field("language").unwrap_or_else(|| "english".to_owned()), "duration": 8.0, "text": text, "segments": []});
+            if grains.iter().any(|g| g == "word") {
+                out["words"] =
+                    serde_json::json!([{"word": "transcribed", "start": 0.0, "end": 0.5}]);
+            }
+            json_response(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default())
+        }
+        _ => json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&serde_json::json!({"text": text})).unwrap_or_default(),
+        ),
+    }
 }
 
 /// `POST /v1/images/generations`: `n` copies of a 1x1 PNG, as `b64_json` or as a URL on this

@@ -1,5 +1,10 @@
-//! Audio requests: text to speech (OpenAI's `audio/speech`).
+//! Audio requests: text to speech (OpenAI's `audio/speech`) and transcription
+//! (`audio/transcriptions`).
 
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// A speech request: the caller's model name, the text, and the parameters sent upstream
@@ -9,4 +14,33 @@ pub struct SpeechRequest {
     pub model: String,
     pub input: String,
     pub params: Map<String, Value>,
+}
+
+/// Where the audio of a transcription comes from: a file (streamed from disk, never loaded
+/// whole) or bytes already in memory.
+#[derive(Debug, Clone)]
+pub enum AudioSource {
+    Path(PathBuf),
+    Bytes(Bytes),
+}
+
+/// A transcription request: the caller's model name, the audio, its file name (the upstream
+/// infers the format from its extension), and the form fields sent upstream (`language`,
+/// `prompt`, `response_format`, `temperature`, `timestamp_granularities`).
+#[derive(Debug, Clone)]
+pub struct TranscriptionRequest {
+    pub model: String,
+    pub file: AudioSource,
+    pub filename: String,
+    pub params: Map<String, Value>,
+}
+
+/// A transcription: the text, and what else the format carried (`language`, `duration`,
+/// `segments`, `words` for `verbose_json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct TranscriptionResponse {
+    #[serde(default)]
+    pub text: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }

@@ -12,7 +12,7 @@ mod embeddings;
 mod images;
 mod stream;
 
-pub use audio::SpeechRequest;
+pub use audio::{AudioSource, SpeechRequest, TranscriptionRequest, TranscriptionResponse};
 pub use chat::{ChatCompletion, ChatRequest, Choice, FunctionCall, Message, ToolCall, Usage};
 pub use embeddings::{EmbeddingRequest, EmbeddingResponse};
 pub use images::{ImageData, ImageRequest, ImageResponse};

@@ -1,0 +1,137 @@
+"""Transcription through the SDK, the Router and the gateway: the file is sent as multipart
+streamed from disk (a 50 MB file leaves memory flat), every response format, bad uploads
+refused with the right status, the cost per second of audio."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+
+import openai
+import pytest
+
+import llmux
+
+
+def wav(seconds: float, rate: int = 16_000) -> bytes:
+    n = int(seconds * rate) * 2
+    header = (
+        b"RIFF"
+        + (36 + n).to_bytes(4, "little")
+        + b"WAVEfmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")
+        + (1).to_bytes(2, "little")
+        + rate.to_bytes(4, "little")
+        + (rate * 2).to_bytes(4, "little")
+        + (2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + n.to_bytes(4, "little")
+    )
+    return header + bytes(n)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    p = tmp_path_factory.mktemp("audio") / "clip.wav"
+    p.write_bytes(wav(3.0))
+    return p
+
+
+def test_path_file_object_bytes_and_tuple(fake, clip):
+    size = clip.stat().st_size
+    for file in [str(clip), clip, open(clip, "rb")]:
+        r = llmux.transcription(model="openai/whisper-1", file=file, api_base=fake.base_url)
+        assert r.text == f"transcribed {size} bytes of clip.wav"
+        # whisper-1: $0.006 a minute; 3 s of audio read from the WAV header.
+        assert r._hidden_params["response_cost"] == pytest.approx(3 * 0.0001)
+    r = llmux.transcription(model="openai/whisper-1", file=("talk.mp3", b"ID3abc"), api_base=fake.base_url)
+    assert r.text == "transcribed 6 bytes of talk.mp3"
+    r = llmux.transcription(model="openai/whisper-1", file=io.BytesIO(b"12345"), api_base=fake.base_url)
+    assert r.text == "transcribed 5 bytes of audio.wav"
+
+
+def test_response_formats_and_fields(fake, clip, key):
+    r = llmux.transcription(
+        model="openai/whisper-1",
+        file=clip,
+        api_base=fake.base_url,
+        response_format="verbose_json",
+        language="fr",
+        timestamp_granularities=["word", "segment"],
+        extra_headers={"x-fake-key": key},
+    )
+    assert r.language == "fr" and r["duration"] == 8.0 and r.words[0]["word"] == "transcribed"
+    assert r._hidden_params["response_cost"] == pytest.approx(8 * 0.0001)
+    t = llmux.transcription(
+        model="openai/whisper-1", file=clip, api_base=fake.base_url, response_format="text"
+    )
+    assert t.text.startswith("transcribed ")
+    from openai.types.audio import Transcription
+
+    Transcription.model_validate(t.model_dump())
+
+
+async def test_async_transcription(fake, clip):
+    r = await llmux.atranscription(model="openai/gpt-4o-transcribe", file=clip, api_base=fake.base_url)
+    assert r.text.startswith("transcribed ")
+
+
+def test_bad_uploads(fake, clip, tmp_path):
+    with pytest.raises(llmux.BadRequestError, match="cannot read the audio file"):
+        llmux.transcription(
+            model="openai/whisper-1", file=str(tmp_path / "missing.wav"), api_base=fake.base_url
+        )
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(llmux.BadRequestError, match="empty"):
+        llmux.transcription(model="openai/whisper-1", file=empty, api_base=fake.base_url)
+    with pytest.raises(llmux.BadRequestError, match="over the upload limit of 1000 bytes") as e:
+        llmux.transcription(
+            model="openai/whisper-1", file=clip, api_base=fake.base_url, max_upload_bytes=1000
+        )
+    assert e.value.status_code == 413
+    with pytest.raises(TypeError):
+        llmux.transcription(model="openai/whisper-1", file=12, api_base=fake.base_url)
+
+
+def test_a_50_mb_upload_is_streamed_from_disk(fake, tmp_path):
+    big = tmp_path / "big.wav"
+    with open(big, "wb") as f:
+        f.write(wav(0.1))
+        f.write(bytes(50 * 1024 * 1024))
+    script = textwrap.dedent(
+        f"""
+        import resource, llmux
+        def peak():
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        llmux.transcription(model="openai/whisper-1", file=("warm.wav", b"RIFF1234"), api_base={fake.base_url!r})
+        before = peak()
+        r = llmux.transcription(model="openai/whisper-1", file={str(big)!r}, api_base={fake.base_url!r})
+        print(before, peak(), r.text)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after, *text = out.stdout.split()
+    assert " ".join(text) == f"transcribed {big.stat().st_size} bytes of big.wav"
+    # Sending 50 MB raised the process's peak memory by far less than 50 MB.
+    assert int(after) - int(before) < 20, (before, after)
+
+
+def test_router_transcription(fake, clip, key):
+    def dep(dep_id, **headers):
+        params = {"model": "openai/whisper-1", "api_base": fake.base_url, "api_key": "sk-x", "weight": 1}
+        params["extra_headers"] = {"x-fake-key": key + dep_id, **headers}
+        if dep_id == "bad":
+            params["weight"] = 10_000
+        return {"model_name": "ears", "litellm_params": params, "model_info": {"id": dep_id}}
+
+    router = llmux.Router(model_list=[dep("bad", **{"x-fake-status": "503"}), dep("good")], num_retries=2)
+    r = router.transcription(model="ears", file=clip)
+    assert r._hidden_params["model_id"] == "good" and r.text.startswith("transcribed ")
+    # The file was sent again, whole, on the retry.
+    assert fake.stats(key + "good")["requests"] == 1 and fake.stats(key + "bad")["requests"] == 1
