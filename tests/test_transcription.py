@@ -13,6 +13,7 @@ import openai
 import pytest
 
 import llmux
+from llmux.testing import Gateway
 
 
 def wav(seconds: float, rate: int = 16_000) -> bytes:
@@ -135,3 +136,88 @@ def test_router_transcription(fake, clip, key):
     assert r._hidden_params["model_id"] == "good" and r.text.startswith("transcribed ")
     # The file was sent again, whole, on the retry.
     assert fake.stats(key + "good")["requests"] == 1 and fake.stats(key + "bad")["requests"] == 1
+
+
+def vm_hwm_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_gateway_transcriptions_with_the_openai_client(fake, clip, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"""
+model_list:
+  - model_name: ears
+    litellm_params: {{model: openai/whisper-1, api_base: "{fake.base_url}", api_key: sk-up}}
+general_settings:
+  master_key: sk-m
+server:
+  max_upload_bytes: 62914560
+"""
+    )
+    with Gateway(path) as g:
+        c = openai.OpenAI(base_url=g.base_url, api_key="sk-m", max_retries=0)
+        size = clip.stat().st_size
+        with open(clip, "rb") as f:
+            raw = c.audio.transcriptions.with_raw_response.create(model="ears", file=f)
+        assert raw.parse().text == f"transcribed {size} bytes of clip.wav"
+        assert float(raw.headers["x-litellm-response-cost"]) == pytest.approx(3 * 0.0001)
+        with open(clip, "rb") as f:
+            text = c.audio.transcriptions.create(model="ears", file=f, response_format="text")
+        assert text.strip() == f"transcribed {size} bytes of clip.wav"
+        with open(clip, "rb") as f:
+            v = c.audio.transcriptions.create(
+                model="ears", file=f, response_format="verbose_json", timestamp_granularities=["word"]
+            )
+        assert v.duration == 8.0 and v.words[0].word == "transcribed"
+        # 50 MB through the gateway: spooled to disk and streamed on, the gateway's peak memory
+        # barely moves.
+        big = tmp_path / "big.wav"
+        with open(big, "wb") as f:
+            f.write(wav(0.1))
+            f.write(bytes(50 * 1024 * 1024))
+        before = vm_hwm_mib(g.proc.pid)
+        with open(big, "rb") as f:
+            r = c.audio.transcriptions.create(model="ears", file=f)
+        assert r.text == f"transcribed {big.stat().st_size} bytes of big.wav"
+        assert vm_hwm_mib(g.proc.pid) - before < 20
+        # Bad uploads.
+        m = openai.OpenAI(base_url=g.base_url, api_key="sk-m", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="'file' is required"):
+            m.post(
+                "/audio/transcriptions",
+                body={"model": "ears"},
+                cast_to=object,
+                options={"headers": {"Content-Type": "multipart/form-data"}},
+                files=[("x", ("a.txt", b"1"))],
+            )
+        with pytest.raises(openai.BadRequestError, match="multipart/form-data"):
+            m.post("/audio/transcriptions", body={"model": "ears"}, cast_to=object)
+        with pytest.raises(openai.NotFoundError):
+            with open(clip, "rb") as f:
+                c.audio.transcriptions.create(model="nope", file=f)
+
+
+def test_gateway_upload_limit(fake, clip, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"""
+model_list:
+  - model_name: ears
+    litellm_params: {{model: openai/whisper-1, api_base: "{fake.base_url}", api_key: sk-up}}
+server:
+  max_upload_bytes: 1000
+"""
+    )
+    with Gateway(path) as g:
+        c = openai.OpenAI(base_url=g.base_url, api_key="any", max_retries=0)
+        with pytest.raises(openai.APIStatusError, match="over the upload limit of 1000 bytes") as e:
+            with open(clip, "rb") as f:
+                c.audio.transcriptions.create(model="ears", file=f)
+        assert e.value.status_code == 413
+        # Still serving.
+        assert c.audio.transcriptions.create(model="ears", file=("s.wav", b"RIFF0000")).text

@@ -42,6 +42,8 @@ pub struct ServerSettings {
     pub keepalive_interval: Duration,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
+    /// Largest audio upload accepted by `/v1/audio/transcriptions` (413 above).
+    pub max_upload_bytes: u64,
     /// How often the config file is checked for changes (`None`: not watched).
     pub watch_interval: Option<Duration>,
     /// Log every request at `info` (else at `debug`).
@@ -56,6 +58,7 @@ impl Default for ServerSettings {
             shutdown_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(1),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_upload_bytes: crate::pipeline::DEFAULT_MAX_UPLOAD_BYTES,
             watch_interval: Some(Duration::from_secs(1)),
             access_log: false,
         }
@@ -262,6 +265,7 @@ const SERVER_KEYS: &[&str] = &[
     "shutdown_timeout",
     "keepalive_interval",
     "max_body_bytes",
+    "max_upload_bytes",
     "watch_interval",
     "access_log",
 ];
@@ -532,6 +536,9 @@ fn server_settings(m: &Map<String, Value>) -> Result<ServerSettings> {
     }
     if let Some(n) = opt_u64(m, "max_body_bytes", p)? {
         s.max_body_bytes = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = opt_u64(m, "max_upload_bytes", p)? {
+        s.max_upload_bytes = n.max(1);
     }
     match m.get("watch_interval") {
         None | Some(Value::Null) => {}

@@ -35,7 +35,10 @@ use crate::limiter::{
 };
 use crate::pipeline::{self, CallMeta, CallOptions, Mock};
 use crate::streaming::BinaryStream;
-use crate::types::{ChatRequest, EmbeddingRequest, ImageRequest, SpeechRequest, Usage};
+use crate::types::{
+    AudioSource, ChatRequest, EmbeddingRequest, ImageRequest, SpeechRequest, TranscriptionRequest,
+    Usage,
+};
 
 /// Request fields that would point the gateway at another upstream or credential: refused,
 /// so that the gateway is never an open proxy.
@@ -307,6 +310,12 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
                 .instrument(span)
                 .await
         }
+        (&Method::POST, "/audio/transcriptions") => {
+            let span = request_span("transcriptions", &req, &rid);
+            transcription_call(gw, req, rid, span.clone())
+                .instrument(span)
+                .await
+        }
         (&Method::POST, "/audio/speech") => {
             let span = request_span("speech", &req, &rid);
             model_call(gw, req, rid, "speech", span.clone())
@@ -332,6 +341,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
             | "/embeddings"
             | "/images/generations"
             | "/audio/speech"
+            | "/audio/transcriptions"
             | "/models"
             | "/health/liveliness"
             | "/health/readiness"
@@ -1064,6 +1074,236 @@ fn routing_headers(
         set(h, "x-litellm-response-cost", &c.to_string());
     }
     rate_headers(h, info);
+}
+
+/// An uploaded file spooled to disk, removed when dropped.
+struct Spooled(std::path::PathBuf);
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The form of a transcription upload: its text fields, and the file spooled to disk as it
+/// arrives (memory stays flat; the file can be sent again on a retry).
+struct Upload {
+    fields: Map<String, Value>,
+    file: Option<(Spooled, String)>,
+}
+
+async fn read_upload(req: Request<Incoming>, max: u64) -> Result<Upload, Error> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let boundary = multer::parse_boundary(&ct)
+        .map_err(|_| bad("the request must be multipart/form-data with a 'file' part"))?;
+    let body = http_body_util::BodyStream::new(req.into_body())
+        .filter_map(|f| async move { f.map(|f| f.into_data().ok()).transpose() });
+    let mut form = multer::Multipart::new(body, boundary);
+    let mut up = Upload {
+        fields: Map::new(),
+        file: None,
+    };
+    let broken = |e: multer::Error| bad(format!("the multipart body is malformed: {e}"));
+    while let Some(mut field) = form.next_field().await.map_err(broken)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "file" {
+            let filename = field.file_name().unwrap_or("audio.wav").to_owned();
+            let path =
+                std::env::temp_dir().join(format!("llmux-upload-{}", pipeline::request_id()));
+            let spooled = Spooled(path.clone());
+            let mut f = tokio::fs::File::create(&path).await.map_err(|e| {
+                Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
+            })?;
+            let mut size: u64 = 0;
+            while let Some(chunk) = field.chunk().await.map_err(broken)? {
+                size += chunk.len() as u64;
+                if size > max {
+                    return Err(bad(format!(
+                        "the audio file is over the upload limit of {max} bytes (server.max_upload_bytes)"
+                    ))
+                    .with_status(413));
+                }
+                f.write_all(&chunk).await.map_err(|e| {
+                    Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
+                })?;
+            }
+            f.flush().await.map_err(|e| {
+                Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
+            })?;
+            up.file = Some((spooled, filename));
+        } else {
+            let text = field.text().await.map_err(broken)?;
+            if text.len() > 64 * 1024 {
+                return Err(bad(format!("form field '{name}' is too long")));
+            }
+            match name.strip_suffix("[]") {
+                Some(list) => {
+                    let entry = up
+                        .fields
+                        .entry(list.to_owned())
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(a) = entry {
+                        a.push(Value::String(text));
+                    }
+                }
+                None => {
+                    up.fields.insert(name, Value::String(text));
+                }
+            }
+        }
+    }
+    Ok(up)
+}
+
+/// `POST /v1/audio/transcriptions`: the upload is spooled to disk, then routed like any call.
+async fn transcription_call(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    rid: String,
+    span: tracing::Span,
+) -> Response<Out> {
+    let _in_flight = InFlight::new(&gw);
+    let live = gw.live();
+    let mut ctx = Ctx {
+        span,
+        gw: gw.clone(),
+        live: live.clone(),
+        rid,
+        started: Instant::now(),
+        route: "transcriptions",
+        model: String::new(),
+        who: String::new(),
+        principal: Principal::Open,
+    };
+    let (who, digest) = match auth::authenticate(&live, req.headers()) {
+        Ok(a) => a,
+        Err(e) => return ctx.fail(&e),
+    };
+    ctx.who = who.name().to_owned();
+    ctx.principal = who.clone();
+    let mut up = match read_upload(req, live.server.max_upload_bytes).await {
+        Ok(u) => u,
+        Err(e) => return ctx.fail(&e),
+    };
+    let Some((file, filename)) = up.file.take() else {
+        return ctx.fail(&bad("'file' is required"));
+    };
+    let model = match up.fields.remove("model") {
+        Some(Value::String(m)) if !m.is_empty() => m,
+        _ => return ctx.fail(&bad("'model' is required")),
+    };
+    ctx.model = model.clone();
+    ctx.span.record("gen_ai.request.model", model.as_str());
+    for k in CLIENT_CREDENTIALS {
+        if up.fields.contains_key(*k) {
+            return ctx.fail(&bad(format!(
+                "'{k}' may not be set by clients: this gateway sends requests only to its configured deployments"
+            )));
+        }
+    }
+    if !live.groups.contains(&model) {
+        return ctx.fail(
+            &ours(
+                ErrorKind::NotFound,
+                format!("The model '{model}' does not exist on this gateway (GET /v1/models lists the models)"),
+            )
+            .with_upstream_code(Some("model_not_found".into())),
+        );
+    }
+    if !who.allows(&model) {
+        return ctx.fail(&ours(
+            ErrorKind::PermissionDenied,
+            format!("API key '{}' may not use model '{model}'", who.name()),
+        ));
+    }
+    if let Err(e) = check_budgets(&gw, &live, &who).await {
+        return ctx.fail(&e);
+    }
+    let user = up
+        .fields
+        .get("user")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let demand = Demand {
+        request_id: ctx.rid.clone(),
+        scopes: scopes(&live, &who, digest.as_ref(), user.as_deref(), &model),
+        tokens: 0,
+    };
+    let ticket = match limiter::admit_or_deny(&gw.shared.limiter, demand).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(denial)) => {
+            let (_, r) = denial_response(denial, &model, &ctx.rid);
+            ctx.finish(429, "", None, None, None);
+            return r;
+        }
+        Err(e) => {
+            let mut e = e;
+            e.kind = ErrorKind::ServiceUnavailable;
+            e.status = Some(503);
+            return ctx.fail(&e);
+        }
+    };
+    let info = ticket.info();
+    let opts = CallOptions {
+        drop_params: live.drop_params,
+        ..CallOptions::default()
+    };
+    let plain = matches!(
+        up.fields.get("response_format").and_then(Value::as_str),
+        Some("text" | "srt" | "vtt")
+    );
+    let treq = TranscriptionRequest {
+        model: model.clone(),
+        file: AudioSource::Path(file.0.clone()),
+        filename,
+        params: up.fields,
+    };
+    let out = live.router.transcription(treq, &opts, &[]).await;
+    drop(file);
+    match out {
+        Ok(routed) => {
+            settle(ticket, None, 0);
+            let done = &routed.value;
+            // `text`, `srt` and `vtt` are answered as text, as OpenAI does.
+            let mut r = if plain {
+                let mut r = Response::new(Out::full(done.response.text.clone()));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                set(r.headers_mut(), "x-request-id", &ctx.rid);
+                r
+            } else {
+                json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(&done.response).unwrap_or(Value::Null),
+                    &ctx.rid,
+                )
+            };
+            routing_headers(
+                r.headers_mut(),
+                &routed.deployment_id,
+                routed.attempted_fallbacks,
+                done.meta.cost,
+                &info,
+            );
+            ctx.answered_by(&done.meta, done.meta.cost);
+            ctx.finish(200, &routed.deployment_id, None, done.meta.cost, None);
+            r
+        }
+        Err(e) => {
+            settle(ticket, Some(&e), 0);
+            ctx.fail(&e)
+        }
+    }
 }
 
 /// Streams an audio body to the client as it arrives. A gone client drops the upstream body;
