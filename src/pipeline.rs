@@ -27,9 +27,9 @@ use crate::providers::{media, resolve, Endpoint, Extras, PreparedRequest, Route}
 use crate::retry::{decide, Backoff, Decision};
 use crate::streaming::{BinaryStream, ChatStream};
 use crate::types::{
-    unix_now, AudioSource, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
-    EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse, Message, SpeechRequest,
-    TranscriptionRequest, TranscriptionResponse, Usage,
+    unix_now, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, EmbeddingRequest,
+    EmbeddingResponse, FileSource, ImageEditRequest, ImageRequest, ImageResponse, Message,
+    SpeechRequest, TranscriptionRequest, TranscriptionResponse, Usage,
 };
 
 /// LiteLLM's default request timeout.
@@ -998,13 +998,35 @@ async fn transcription_form(
     route: &Route,
     req: &TranscriptionRequest,
 ) -> Result<reqwest::multipart::Form> {
-    use reqwest::multipart::{Form, Part};
+    let form = reqwest::multipart::Form::new().text("model", route.model.clone());
+    let form = form_fields(form, &req.params);
+    Ok(form.part("file", file_part(&req.file, &req.filename).await?))
+}
+
+/// A file part of a multipart body, streamed from disk (or from memory).
+async fn file_part(src: &FileSource, filename: &str) -> Result<reqwest::multipart::Part> {
+    use reqwest::multipart::Part;
+    let part = match src {
+        FileSource::Path(p) => Part::file(p).await.map_err(|e| {
+            Error::bad_request(format!("cannot read the file {}: {e}", p.display()))
+        })?,
+        FileSource::Bytes(b) => {
+            Part::stream_with_length(reqwest::Body::from(b.clone()), b.len() as u64)
+        }
+    };
+    Ok(part.file_name(filename.to_owned()))
+}
+
+/// The form fields of a multipart body: strings as they are, lists as repeated `key[]`.
+fn form_fields(
+    mut form: reqwest::multipart::Form,
+    params: &Map<String, Value>,
+) -> reqwest::multipart::Form {
     let text = |v: &Value| match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let mut form = Form::new().text("model", route.model.clone());
-    for (k, v) in &req.params {
+    for (k, v) in params {
         match v {
             Value::Null => {}
             Value::Array(items) => {
@@ -1015,15 +1037,139 @@ async fn transcription_form(
             other => form = form.text(k.clone(), text(other)),
         }
     }
-    let part = match &req.file {
-        AudioSource::Path(p) => Part::file(p).await.map_err(|e| {
-            Error::bad_request(format!("cannot read the audio file {}: {e}", p.display()))
-        })?,
-        AudioSource::Bytes(b) => {
-            Part::stream_with_length(reqwest::Body::from(b.clone()), b.len() as u64)
-        }
+    form
+}
+
+/// Posts a multipart body, built afresh for each attempt (files are read again from disk),
+/// with the call's retries; the answer's body and the attempts made.
+async fn post_form<F, Fut>(
+    route: &Route,
+    url: &str,
+    headers: &reqwest::header::HeaderMap,
+    opts: &CallOptions,
+    started: Instant,
+    build: F,
+) -> Result<(bytes::Bytes, u32)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<reqwest::multipart::Form>>,
+{
+    with_retries(opts, started, || async {
+        let form = build().await?;
+        let resp = client()?
+            .post(url)
+            .headers(headers.clone())
+            .multipart(form)
+            .timeout(remaining(started, opts))
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, &route.api_base))?;
+        checked(route, resp)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&e, &route.api_base))
+    })
+    .await
+}
+
+/// Checks an upload's size against `max_upload_bytes` (a request parameter, removed; default
+/// [`DEFAULT_MAX_UPLOAD_BYTES`]).
+async fn upload_size(src: &FileSource, limit: u64, what: &str) -> Result<u64> {
+    let size = match src {
+        FileSource::Bytes(b) => b.len() as u64,
+        FileSource::Path(p) => tokio::fs::metadata(p)
+            .await
+            .map_err(|e| {
+                Error::bad_request(format!("cannot read the {what} {}: {e}", p.display()))
+            })?
+            .len(),
     };
-    Ok(form.part("file", part.file_name(req.filename.clone())))
+    if size == 0 {
+        return Err(Error::bad_request(format!("the {what} is empty")));
+    }
+    if size > limit {
+        return Err(Error::bad_request(format!(
+            "the {what} is {size} bytes, over the upload limit of {limit} bytes (max_upload_bytes)"
+        ))
+        .with_status(413));
+    }
+    Ok(size)
+}
+
+fn upload_limit(params: &mut Map<String, Value>) -> Result<u64> {
+    match params.remove("max_upload_bytes") {
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| Error::bad_request("max_upload_bytes must be a whole number of bytes")),
+        None => Ok(DEFAULT_MAX_UPLOAD_BYTES),
+    }
+}
+
+/// Image edits (`images/edits`): the prompt and the image(s), plus a mask, as multipart
+/// streamed from disk; priced per image like generations.
+pub async fn image_edit(
+    req: ImageEditRequest,
+    opts: &CallOptions,
+) -> Result<Completed<ImageResponse>> {
+    let started = Instant::now();
+    let mut req = req;
+    cache::strip_controls(&mut req.params);
+    let ctx = |e: Error| e.with_context("openai", &req.model);
+    if req.prompt.trim().is_empty() {
+        return Err(ctx(Error::bad_request(
+            "an image edit needs a non-empty prompt",
+        )));
+    }
+    if req.images.is_empty() {
+        return Err(ctx(Error::bad_request("an image edit needs an image")));
+    }
+    let limit = upload_limit(&mut req.params).map_err(ctx)?;
+    for (img, _) in req.images.iter().chain(req.mask.iter()) {
+        upload_size(img, limit, "image").await.map_err(ctx)?;
+    }
+    let route = resolve(&req.model, &opts.endpoint).map_err(ctx)?;
+    let (url, mut headers) = route
+        .dialect
+        .image_edit_target(&route, &extras(opts))
+        .map_err(|e| e.with_context(route.provider, &route.model))?;
+    headers.remove(reqwest::header::CONTENT_TYPE);
+    let build = || async {
+        let form = reqwest::multipart::Form::new()
+            .text("model", route.model.clone())
+            .text("prompt", req.prompt.clone());
+        let mut form = form_fields(form, &req.params);
+        let field = if req.images.len() > 1 {
+            "image[]"
+        } else {
+            "image"
+        };
+        for (img, name) in &req.images {
+            form = form.part(field, file_part(img, name).await?);
+        }
+        if let Some((mask, name)) = &req.mask {
+            form = form.part("mask", file_part(mask, name).await?);
+        }
+        Ok(form)
+    };
+    let (body, attempts) = post_form(&route, &url, &headers, opts, started, build)
+        .await
+        .map_err(|e| e.with_context(route.provider, &route.model))?;
+    let response = route
+        .dialect
+        .parse_image(&route, &body)
+        .map_err(|e| e.with_context(route.provider, &route.model))?;
+    let mut meta = CallMeta::new(&route, started);
+    meta.attempts = attempts;
+    let n = u64::try_from(response.data.len()).unwrap_or(0).max(1);
+    let size = req.params.get("size").and_then(Value::as_str);
+    let quality = req.params.get("quality").and_then(Value::as_str);
+    meta.cost = pricing::image_cost(Some(route.provider), &route.model, size, quality, n);
+    Ok(Completed {
+        response,
+        meta,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Seconds of audio in a WAV file's header, when the file is a plain PCM WAV.
@@ -1036,10 +1182,10 @@ fn wav_seconds(head: &[u8]) -> Option<f64> {
     (rate > 0).then(|| f64::from(data) / f64::from(rate))
 }
 
-async fn audio_head(file: &AudioSource) -> Vec<u8> {
+async fn audio_head(file: &FileSource) -> Vec<u8> {
     match file {
-        AudioSource::Bytes(b) => b[..b.len().min(44)].to_vec(),
-        AudioSource::Path(p) => {
+        FileSource::Bytes(b) => b[..b.len().min(44)].to_vec(),
+        FileSource::Path(p) => {
             use tokio::io::AsyncReadExt;
             let mut head = vec![0u8; 44];
             match tokio::fs::File::open(p).await {
@@ -1066,34 +1212,11 @@ pub async fn transcription(
     let started = Instant::now();
     let mut req = req;
     cache::strip_controls(&mut req.params);
-    let limit = match req.params.remove("max_upload_bytes") {
-        Some(v) => v.as_u64().ok_or_else(|| {
-            Error::bad_request("max_upload_bytes must be a whole number of bytes")
-        })?,
-        None => DEFAULT_MAX_UPLOAD_BYTES,
-    };
     let ctx = |e: Error| e.with_context("openai", &req.model);
-    let size = match &req.file {
-        AudioSource::Bytes(b) => b.len() as u64,
-        AudioSource::Path(p) => tokio::fs::metadata(p)
-            .await
-            .map_err(|e| {
-                ctx(Error::bad_request(format!(
-                    "cannot read the audio file {}: {e}",
-                    p.display()
-                )))
-            })?
-            .len(),
-    };
-    if size == 0 {
-        return Err(ctx(Error::bad_request("the audio file is empty")));
-    }
-    if size > limit {
-        return Err(ctx(Error::bad_request(format!(
-            "the audio file is {size} bytes, over the upload limit of {limit} bytes (max_upload_bytes)"
-        ))
-        .with_status(413)));
-    }
+    let limit = upload_limit(&mut req.params).map_err(ctx)?;
+    upload_size(&req.file, limit, "audio file")
+        .await
+        .map_err(ctx)?;
     let route = resolve(&req.model, &opts.endpoint).map_err(ctx)?;
     let (url, mut headers) = route
         .dialect
@@ -1104,32 +1227,26 @@ pub async fn transcription(
         req.params.get("response_format").and_then(Value::as_str),
         Some("text" | "srt" | "vtt")
     );
-    let result = with_retries(opts, started, || async {
-        let form = transcription_form(&route, &req).await?;
-        let resp = client()?
-            .post(&url)
-            .headers(headers.clone())
-            .multipart(form)
-            .timeout(remaining(started, opts))
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, &route.api_base))?;
-        let body = checked(&route, resp)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&e, &route.api_base))?;
-        if plain {
-            return Ok(TranscriptionResponse {
-                text: String::from_utf8_lossy(&body).into_owned(),
-                extra: Map::new(),
-            });
-        }
-        serde_json::from_slice::<TranscriptionResponse>(&body).map_err(|e| {
-            crate::providers::openai::invalid_response(&route, "transcription", &e, &body)
-        })
+    let result = post_form(&route, &url, &headers, opts, started, || {
+        transcription_form(&route, &req)
     })
-    .await;
+    .await
+    .and_then(|(body, attempts)| {
+        if plain {
+            return Ok((
+                TranscriptionResponse {
+                    text: String::from_utf8_lossy(&body).into_owned(),
+                    extra: Map::new(),
+                },
+                attempts,
+            ));
+        }
+        serde_json::from_slice::<TranscriptionResponse>(&body)
+            .map(|r| (r, attempts))
+            .map_err(|e| {
+                crate::providers::openai::invalid_response(&route, "transcription", &e, &body)
+            })
+    });
     match result {
         Ok((response, attempts)) => {
             let mut meta = CallMeta::new(&route, started);

@@ -14,6 +14,7 @@ import llmux
 from llmux.testing import Gateway
 
 PNG = b"\x89PNG\r\n\x1a\n"
+MULTIPART = {"headers": {"Content-Type": "multipart/form-data"}}
 
 
 def test_b64_images_with_revised_prompt_and_cost(fake):
@@ -143,3 +144,66 @@ def test_stub_and_package_exports():
     r = llmux.ImageResponse(data=[{"url": "http://x/y.png"}])
     assert r.data[0].url == "http://x/y.png" and r.data[0].b64_json is None
     assert os.path.basename(r.model_dump()["data"][0]["url"]) == "y.png"
+
+
+def test_image_edit_sdk_and_router(fake, tmp_path):
+    img = tmp_path / "room.png"
+    img.write_bytes(PNG + bytes(100))
+    r = llmux.image_edit(img, "add a plant", model="openai/dall-e-2", api_base=fake.base_url, n=2)
+    assert len(r.data) == 2
+    assert r.data[0].revised_prompt == "edited 108 bytes of room.png: add a plant"
+    # Two 1024x1024 DALL-E 2 images: $0.02 each.
+    assert r._hidden_params["response_cost"] == pytest.approx(0.04, rel=1e-2)
+    # Several images, a mask from memory, through a router.
+    dep = {"model": "openai/gpt-image-1", "api_base": fake.base_url, "api_key": "sk-x"}
+    router = llmux.Router(
+        model_list=[{"model_name": "editor", "litellm_params": dep, "model_info": {"id": "e1"}}]
+    )
+    r = router.image_edit([img, ("b.png", PNG)], "merge them", model="editor", mask=("m.png", b"1234"))
+    assert r.data[0].revised_prompt == "edited 116 bytes of room.png,b.png mask 4: merge them"
+    assert r._hidden_params["model_id"] == "e1"
+    with pytest.raises(llmux.BadRequestError, match="non-empty prompt"):
+        llmux.image_edit(img, " ", model="openai/dall-e-2", api_base=fake.base_url)
+
+
+async def test_async_image_edit(fake, tmp_path):
+    img = tmp_path / "a.png"
+    img.write_bytes(PNG)
+    with open(img, "rb") as f:
+        r = await llmux.aimage_edit(f, "brighter", model="openai/dall-e-2", api_base=fake.base_url)
+    assert r.data[0].revised_prompt == "edited 8 bytes of a.png: brighter"
+
+
+def test_gateway_image_edits_with_the_openai_client(fake, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"""
+model_list:
+  - model_name: editor
+    litellm_params: {{model: openai/dall-e-2, api_base: "{fake.base_url}", api_key: sk-up}}
+"""
+    )
+    img = tmp_path / "room.png"
+    img.write_bytes(PNG + bytes(100))
+    with Gateway(path) as g:
+        c = openai.OpenAI(base_url=g.base_url, api_key="any", max_retries=0)
+        with open(img, "rb") as f, open(img, "rb") as m:
+            r = c.images.edit(model="editor", image=f, mask=m, prompt="add a plant", n=2)
+        assert len(r.data) == 2
+        assert r.data[0].revised_prompt == "edited 108 bytes of room.png mask 108: add a plant"
+        with pytest.raises(openai.BadRequestError, match="'prompt' is required"):
+            c.post(
+                "/images/edits",
+                body={"model": "editor"},
+                files=[("image", ("room.png", PNG))],
+                cast_to=object,
+                options=MULTIPART,
+            )
+        with pytest.raises(openai.BadRequestError, match="'image' is required"):
+            c.post(
+                "/images/edits",
+                body={"model": "editor", "prompt": "x"},
+                files=[("other", ("o.txt", b"1"))],
+                cast_to=object,
+                options=MULTIPART,
+            )

@@ -215,7 +215,7 @@ server:
     )
     with Gateway(path) as g:
         c = openai.OpenAI(base_url=g.base_url, api_key="any", max_retries=0)
-        with pytest.raises(openai.APIStatusError, match="over the upload limit of 1000 bytes") as e:
+        with pytest.raises(openai.APIStatusError, match="over the limit of 1000 bytes") as e:
             with open(clip, "rb") as f:
                 c.audio.transcriptions.create(model="ears", file=f)
         assert e.value.status_code == 413

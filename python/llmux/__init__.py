@@ -471,6 +471,33 @@ async def atranscription(model: str, file: Any, **kwargs: Any) -> TranscriptionR
     return TranscriptionResponse._from_native(d, hidden, hidden["_response_ms"])
 
 
+def _edit_files(image: Any, mask: Any) -> tuple:
+    images = image if isinstance(image, list) else [image]
+    return [audio_file(i) for i in images], (audio_file(mask) if mask is not None else None)
+
+
+def image_edit(
+    image: Any, prompt: str, model: Optional[str] = None, mask: Any = None, **kwargs: Any
+) -> ImageResponse:
+    """Image edit, LiteLLM's ``image_edit``: ``image`` is one image or a list (paths, file
+    objects, bytes or ``(filename, content)``), streamed from disk; ``mask``, ``n``, ``size``,
+    ``quality``, ``response_format`` are passed upstream."""
+    images, m = _edit_files(image, mask)
+    _apply_settings(kwargs)
+    d, hidden = _llmux.image_edit(model or "dall-e-2", prompt, images, m, kwargs)
+    return ImageResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
+async def aimage_edit(
+    image: Any, prompt: str, model: Optional[str] = None, mask: Any = None, **kwargs: Any
+) -> ImageResponse:
+    """Async form of ``image_edit``."""
+    images, m = _edit_files(image, mask)
+    _apply_settings(kwargs)
+    d, hidden = await _run(_llmux.aimage_edit, model or "dall-e-2", prompt, images, m, kwargs)
+    return ImageResponse._from_native(d, hidden, hidden["_response_ms"])
+
+
 def flush_callbacks(timeout: float = 5.0) -> bool:
     """Waits until every queued callback event has been delivered (False on timeout)."""
     from ._callbacks import flush
@@ -532,6 +559,7 @@ __all__ = [
     "Usage",
     "acompletion",
     "aembedding",
+    "aimage_edit",
     "aimage_generation",
     "aspeech",
     "atranscription",
@@ -550,6 +578,7 @@ __all__ = [
     "enable_cache",
     "get_max_tokens",
     "get_model_info",
+    "image_edit",
     "image_generation",
     "register_model",
     "set_budget",

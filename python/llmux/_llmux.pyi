@@ -14,6 +14,7 @@ __all__ = [
     "acompletion",
     "acompletion_stream",
     "aembedding",
+    "aimage_edit",
     "aimage_generation",
     "aspeech",
     "atranscription",
@@ -24,6 +25,7 @@ __all__ = [
     "current_spend",
     "embedding",
     "error_kinds",
+    "image_edit",
     "image_generation",
     "load_price_file",
     "model_cost",
@@ -112,6 +114,27 @@ def atranscription(
     path: Optional[Any],
     data: Optional[bytes],
     filename: str,
+    kwargs: Optional[dict[str, Any]] = None,
+) -> TaskHandle: ...
+
+_File: TypeAlias = tuple[Optional[Any], Optional[bytes], str]
+
+def image_edit(
+    model: str,
+    prompt: str,
+    images: list[_File],
+    mask: Optional[_File] = None,
+    kwargs: Optional[dict[str, Any]] = None,
+) -> _Unary:
+    """Blocking image edit (GIL released); each file is ``(path, data, filename)``."""
+
+def aimage_edit(
+    bridge: Bridge,
+    fut: Any,
+    model: str,
+    prompt: str,
+    images: list[_File],
+    mask: Optional[_File] = None,
     kwargs: Optional[dict[str, Any]] = None,
 ) -> TaskHandle: ...
 def error_kinds() -> list[tuple[str, str, bool, int]]:
@@ -225,6 +248,14 @@ class NativeRouter:
         filename: str,
         kwargs: Optional[dict[str, Any]] = None,
     ) -> TaskHandle: ...
+    def image_edit(
+        self,
+        model: str,
+        prompt: str,
+        images: list[_File],
+        mask: Optional[_File] = None,
+        kwargs: Optional[dict[str, Any]] = None,
+    ) -> _Unary: ...
     def deployment_stats(self) -> list[dict[str, Any]]: ...
     def rate_limit_stats(self) -> dict[str, Any]: ...
     def retry_budget(self) -> dict[str, int]: ...

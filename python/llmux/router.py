@@ -236,3 +236,12 @@ class Router:
         path, data, name = audio_file(file)
         d, hidden = await _run(self._native.atranscription, model, path, data, name, kwargs)
         return TranscriptionResponse._from_native(d, hidden, hidden["_response_ms"])
+
+    def image_edit(
+        self, image: Any, prompt: str, model: str, mask: Any = None, **kwargs: Any
+    ) -> ImageResponse:
+        _sync_engine_settings()
+        images = [audio_file(i) for i in (image if isinstance(image, list) else [image])]
+        m = audio_file(mask) if mask is not None else None
+        d, hidden = self._native.image_edit(model, prompt, images, m, kwargs)
+        return ImageResponse._from_native(d, hidden, hidden["_response_ms"])

@@ -1,6 +1,7 @@
 //! Audio: `NativeAudio`, a speech response body pulled from Python as it arrives, sync or
 //! async (`speech` / `aspeech` open one; dropping it or `close` drops the HTTP response), and
-//! `transcription` / `atranscription`, whose file is streamed from disk.
+//! the uploads: `transcription` / `atranscription` and `image_edit` / `aimage_edit`, whose
+//! files are streamed from disk.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use super::runtime::block_on;
 use crate::error::Result;
 use crate::pipeline::{self, CallMeta};
 use crate::streaming::BinaryStream;
-use crate::types::{AudioSource, SpeechRequest, TranscriptionRequest};
+use crate::types::{FileSource, ImageEditRequest, SpeechRequest, TranscriptionRequest};
 
 type Shared = Arc<Mutex<Option<BinaryStream>>>;
 
@@ -174,15 +175,7 @@ pub fn transcription_args(
     kwargs: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<(TranscriptionRequest, pipeline::CallOptions)> {
     let (params, opts) = split_kwargs(kwargs)?;
-    let file = match (path, data) {
-        (Some(p), _) => AudioSource::Path(p),
-        (None, Some(d)) => AudioSource::Bytes(Bytes::copy_from_slice(d.as_bytes())),
-        (None, None) => {
-            return Err(pyo3::exceptions::PyTypeError::new_err(
-                "file must be a path, bytes or a file object",
-            ))
-        }
-    };
+    let file = file_source(path, data)?;
     Ok((
         TranscriptionRequest {
             model,
@@ -227,5 +220,81 @@ pub fn atranscription(
     let (req, opts) = transcription_args(model.clone(), path, data, filename, kwargs)?;
     submit(bridge, fut, async move {
         super::completion::Unary(pipeline::transcription(req, &opts).await, model)
+    })
+}
+
+/// A file argument from Python: a path (streamed from disk) or bytes.
+fn file_source(path: Option<PathBuf>, data: Option<&Bound<'_, PyBytes>>) -> PyResult<FileSource> {
+    match (path, data) {
+        (Some(p), _) => Ok(FileSource::Path(p)),
+        (None, Some(d)) => Ok(FileSource::Bytes(Bytes::copy_from_slice(d.as_bytes()))),
+        (None, None) => Err(pyo3::exceptions::PyTypeError::new_err(
+            "a file must be a path, bytes or a file object",
+        )),
+    }
+}
+
+type PyFile<'py> = (Option<PathBuf>, Option<Bound<'py, PyBytes>>, String);
+
+pub fn image_edit_args(
+    model: String,
+    prompt: String,
+    images: Vec<PyFile<'_>>,
+    mask: Option<PyFile<'_>>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(ImageEditRequest, pipeline::CallOptions)> {
+    let (params, opts) = split_kwargs(kwargs)?;
+    let images = images
+        .into_iter()
+        .map(|(p, d, name)| Ok((file_source(p, d.as_ref())?, name)))
+        .collect::<PyResult<Vec<_>>>()?;
+    let mask = mask
+        .map(|(p, d, name)| Ok::<_, PyErr>((file_source(p, d.as_ref())?, name)))
+        .transpose()?;
+    Ok((
+        ImageEditRequest {
+            model,
+            prompt,
+            images,
+            mask,
+            params,
+        },
+        opts,
+    ))
+}
+
+/// Blocking image edit (GIL released): `(response, hidden)`. Each image (and the mask) is
+/// `(path, data, filename)`.
+#[pyfunction]
+#[pyo3(signature = (model, prompt, images, mask=None, kwargs=None))]
+pub fn image_edit<'py>(
+    py: Python<'py>,
+    model: String,
+    prompt: String,
+    images: Vec<PyFile<'py>>,
+    mask: Option<PyFile<'py>>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (req, opts) = image_edit_args(model.clone(), prompt, images, mask, kwargs)?;
+    let r = block_on(py, async move { pipeline::image_edit(req, &opts).await })?;
+    super::completion::unary_result(py, r, &model)
+}
+
+/// Starts an image edit; `fut` gets `(response, hidden)`.
+#[pyfunction]
+#[pyo3(signature = (bridge, fut, model, prompt, images, mask=None, kwargs=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn aimage_edit<'py>(
+    bridge: &Bound<'py, Bridge>,
+    fut: Py<PyAny>,
+    model: String,
+    prompt: String,
+    images: Vec<PyFile<'py>>,
+    mask: Option<PyFile<'py>>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<TaskHandle> {
+    let (req, opts) = image_edit_args(model.clone(), prompt, images, mask, kwargs)?;
+    submit(bridge, fut, async move {
+        super::completion::Unary(pipeline::image_edit(req, &opts).await, model)
     })
 }

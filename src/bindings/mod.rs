@@ -35,6 +35,8 @@ fn _llmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(audio::aspeech, m)?)?;
     m.add_function(wrap_pyfunction!(audio::transcription, m)?)?;
     m.add_function(wrap_pyfunction!(audio::atranscription, m)?)?;
+    m.add_function(wrap_pyfunction!(audio::image_edit, m)?)?;
+    m.add_function(wrap_pyfunction!(audio::aimage_edit, m)?)?;
     m.add_function(wrap_pyfunction!(completion::aimage_generation, m)?)?;
     m.add_function(wrap_pyfunction!(errors::error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(pricing::model_entry, m)?)?;

@@ -480,6 +480,32 @@ impl NativeRouter {
         })
     }
 
+    #[pyo3(signature = (model, prompt, images, mask=None, kwargs=None))]
+    #[allow(clippy::type_complexity)]
+    fn image_edit<'py>(
+        &self,
+        py: Python<'py>,
+        model: String,
+        prompt: String,
+        images: Vec<(
+            Option<std::path::PathBuf>,
+            Option<Bound<'py, pyo3::types::PyBytes>>,
+            String,
+        )>,
+        mask: Option<(
+            Option<std::path::PathBuf>,
+            Option<Bound<'py, pyo3::types::PyBytes>>,
+            String,
+        )>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (req, opts) =
+            super::audio::image_edit_args(model.clone(), prompt, images, mask, kwargs)?;
+        let router = self.inner.clone();
+        let r = block_on(py, async move { router.image_edit(req, &opts, &[]).await })?;
+        unary_to_py(py, r, &model)
+    }
+
     /// The limiter's counters: a dict.
     fn rate_limit_stats(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         super::limits::stats_to_py(py, &self.inner.limiter().stats())

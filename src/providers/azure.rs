@@ -149,6 +149,10 @@ impl Provider for Azure {
         openai::parse_image(route, body)
     }
 
+    fn image_edit_target(&self, route: &Route, x: &Extras<'_>) -> Result<(String, HeaderMap)> {
+        Ok((url(route, "images/edits"), headers(route, x.headers)?))
+    }
+
     fn transcription_target(&self, route: &Route, x: &Extras<'_>) -> Result<(String, HeaderMap)> {
         Ok((
             url(route, "audio/transcriptions"),

@@ -119,6 +119,14 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
         )))
     }
 
+    /// Where an image edit goes: the URL and the headers (the body is multipart).
+    fn image_edit_target(&self, route: &Route, _x: &Extras<'_>) -> Result<(String, HeaderMap)> {
+        Err(Error::bad_request(format!(
+            "provider '{}' has no image edit endpoint in LLMux",
+            route.provider
+        )))
+    }
+
     fn parse_image(&self, route: &Route, _body: &[u8]) -> Result<ImageResponse> {
         Err(Error::bad_request(format!(
             "provider '{}' has no image generation endpoint in LLMux",

@@ -212,6 +212,13 @@ impl Provider for OpenAi {
         parse_image(route, body)
     }
 
+    fn image_edit_target(&self, route: &Route, x: &Extras<'_>) -> Result<(String, HeaderMap)> {
+        Ok((
+            format!("{}/images/edits", route.api_base),
+            headers(route, x.headers)?,
+        ))
+    }
+
     fn transcription_target(&self, route: &Route, x: &Extras<'_>) -> Result<(String, HeaderMap)> {
         Ok((
             format!("{}/audio/transcriptions", route.api_base),

@@ -33,8 +33,8 @@ use crate::providers::Endpoint;
 use crate::retry::Backoff;
 use crate::streaming::{BinaryStream, ChatStream};
 use crate::types::{
-    ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageRequest, ImageResponse,
-    SpeechRequest, TranscriptionRequest, TranscriptionResponse, Usage,
+    ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageEditRequest,
+    ImageRequest, ImageResponse, SpeechRequest, TranscriptionRequest, TranscriptionResponse, Usage,
 };
 use budget::{BudgetSnapshot, RetryBudget};
 use stats::{ClusterStats, DeploymentStats, Outcome};
@@ -913,6 +913,39 @@ impl Router {
                 let o = self.options_for(&d, opts, deadline);
                 async move {
                     let out = pipeline::transcription(r, &o).await;
+                    ticket.settle(0);
+                    (out, Settle::Now(Some(0)))
+                }
+            })
+            .await;
+        settle_call(call_ticket, &out, 0);
+        out
+    }
+
+    /// A routed image edit (retried and fallen back like generations; files are sent again
+    /// from disk on each attempt).
+    pub async fn image_edit(
+        &self,
+        req: ImageEditRequest,
+        opts: &CallOptions,
+        tags: &[String],
+    ) -> Result<Routed<Completed<ImageResponse>>> {
+        let group = req.model.clone();
+        let timeout = self.timeout_for(opts);
+        if !self.group_exists(&group) {
+            return Err(unknown_group(&group));
+        }
+        let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
+        let out = self
+            .route(&group, tags, 0, timeout, false, |d, deadline, ticket| {
+                let mut r = req.clone();
+                r.model = d.model.clone();
+                for (k, v) in &d.params {
+                    r.params.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                let o = self.options_for(&d, opts, deadline);
+                async move {
+                    let out = pipeline::image_edit(r, &o).await;
                     ticket.settle(0);
                     (out, Settle::Now(Some(0)))
                 }

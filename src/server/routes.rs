@@ -36,8 +36,8 @@ use crate::limiter::{
 use crate::pipeline::{self, CallMeta, CallOptions, Mock};
 use crate::streaming::BinaryStream;
 use crate::types::{
-    AudioSource, ChatRequest, EmbeddingRequest, ImageRequest, SpeechRequest, TranscriptionRequest,
-    Usage,
+    ChatRequest, EmbeddingRequest, FileSource, ImageEditRequest, ImageRequest, SpeechRequest,
+    TranscriptionRequest, Usage,
 };
 
 /// Request fields that would point the gateway at another upstream or credential: refused,
@@ -312,7 +312,13 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
         }
         (&Method::POST, "/audio/transcriptions") => {
             let span = request_span("transcriptions", &req, &rid);
-            transcription_call(gw, req, rid, span.clone())
+            upload_call(gw, req, rid, span.clone(), "transcriptions")
+                .instrument(span)
+                .await
+        }
+        (&Method::POST, "/images/edits") => {
+            let span = request_span("images", &req, &rid);
+            upload_call(gw, req, rid, span.clone(), "images")
                 .instrument(span)
                 .await
         }
@@ -342,6 +348,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
             | "/images/generations"
             | "/audio/speech"
             | "/audio/transcriptions"
+            | "/images/edits"
             | "/models"
             | "/health/liveliness"
             | "/health/readiness"
@@ -1089,7 +1096,18 @@ impl Drop for Spooled {
 /// arrives (memory stays flat; the file can be sent again on a retry).
 struct Upload {
     fields: Map<String, Value>,
-    file: Option<(Spooled, String)>,
+    /// `(form field, spooled file, file name)` of every file part.
+    files: Vec<(String, Spooled, String)>,
+}
+
+impl Upload {
+    fn take(&mut self, field: &str) -> Vec<(Spooled, String)> {
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.files)
+            .into_iter()
+            .partition(|(f, _, _)| f == field);
+        self.files = rest;
+        mine.into_iter().map(|(_, s, n)| (s, n)).collect()
+    }
 }
 
 async fn read_upload(req: Request<Incoming>, max: u64) -> Result<Upload, Error> {
@@ -1103,31 +1121,33 @@ async fn read_upload(req: Request<Incoming>, max: u64) -> Result<Upload, Error> 
         .unwrap_or("")
         .to_owned();
     let boundary = multer::parse_boundary(&ct)
-        .map_err(|_| bad("the request must be multipart/form-data with a 'file' part"))?;
+        .map_err(|_| bad("the request must be multipart/form-data, with its files as parts"))?;
     let body = http_body_util::BodyStream::new(req.into_body())
         .filter_map(|f| async move { f.map(|f| f.into_data().ok()).transpose() });
     let mut form = multer::Multipart::new(body, boundary);
     let mut up = Upload {
         fields: Map::new(),
-        file: None,
+        files: Vec::new(),
     };
+    let mut total: u64 = 0;
     let broken = |e: multer::Error| bad(format!("the multipart body is malformed: {e}"));
     while let Some(mut field) = form.next_field().await.map_err(broken)? {
         let name = field.name().unwrap_or_default().to_owned();
-        if name == "file" {
-            let filename = field.file_name().unwrap_or("audio.wav").to_owned();
+        if field.file_name().is_some()
+            || matches!(name.as_str(), "file" | "image" | "image[]" | "mask")
+        {
+            let filename = field.file_name().unwrap_or("upload").to_owned();
             let path =
                 std::env::temp_dir().join(format!("llmux-upload-{}", pipeline::request_id()));
             let spooled = Spooled(path.clone());
             let mut f = tokio::fs::File::create(&path).await.map_err(|e| {
                 Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
             })?;
-            let mut size: u64 = 0;
             while let Some(chunk) = field.chunk().await.map_err(broken)? {
-                size += chunk.len() as u64;
-                if size > max {
+                total += chunk.len() as u64;
+                if total > max {
                     return Err(bad(format!(
-                        "the audio file is over the upload limit of {max} bytes (server.max_upload_bytes)"
+                        "the upload is over the limit of {max} bytes (server.max_upload_bytes)"
                     ))
                     .with_status(413));
                 }
@@ -1138,7 +1158,7 @@ async fn read_upload(req: Request<Incoming>, max: u64) -> Result<Upload, Error> 
             f.flush().await.map_err(|e| {
                 Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
             })?;
-            up.file = Some((spooled, filename));
+            up.files.push((name, spooled, filename));
         } else {
             let text = field.text().await.map_err(broken)?;
             if text.len() > 64 * 1024 {
@@ -1163,12 +1183,14 @@ async fn read_upload(req: Request<Incoming>, max: u64) -> Result<Upload, Error> 
     Ok(up)
 }
 
-/// `POST /v1/audio/transcriptions`: the upload is spooled to disk, then routed like any call.
-async fn transcription_call(
+/// `POST /v1/audio/transcriptions` and `/v1/images/edits`: the upload is spooled to disk, then
+/// routed like any call.
+async fn upload_call(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
     rid: String,
     span: tracing::Span,
+    route: &'static str,
 ) -> Response<Out> {
     let _in_flight = InFlight::new(&gw);
     let live = gw.live();
@@ -1178,7 +1200,7 @@ async fn transcription_call(
         live: live.clone(),
         rid,
         started: Instant::now(),
-        route: "transcriptions",
+        route,
         model: String::new(),
         who: String::new(),
         principal: Principal::Open,
@@ -1193,9 +1215,21 @@ async fn transcription_call(
         Ok(u) => u,
         Err(e) => return ctx.fail(&e),
     };
-    let Some((file, filename)) = up.file.take() else {
-        return ctx.fail(&bad("'file' is required"));
+    let (files, mask) = if route == "transcriptions" {
+        (up.take("file"), None)
+    } else {
+        let mut images = up.take("image");
+        images.extend(up.take("image[]"));
+        (images, up.take("mask").pop())
     };
+    if files.is_empty() {
+        let field = if route == "transcriptions" {
+            "file"
+        } else {
+            "image"
+        };
+        return ctx.fail(&bad(format!("'{field}' is required")));
+    }
     let model = match up.fields.remove("model") {
         Some(Value::String(m)) if !m.is_empty() => m,
         _ => return ctx.fail(&bad("'model' is required")),
@@ -1224,6 +1258,15 @@ async fn transcription_call(
             format!("API key '{}' may not use model '{model}'", who.name()),
         ));
     }
+    // An edit's prompt is required; a transcription's (a hint) goes upstream as a field.
+    let prompt = if route == "images" {
+        match up.fields.remove("prompt") {
+            Some(Value::String(p)) if !p.trim().is_empty() => p,
+            _ => return ctx.fail(&bad("'prompt' is required")),
+        }
+    } else {
+        String::new()
+    };
     if let Err(e) = check_budgets(&gw, &live, &who).await {
         return ctx.fail(&e);
     }
@@ -1256,18 +1299,68 @@ async fn transcription_call(
         drop_params: live.drop_params,
         ..CallOptions::default()
     };
+    if route == "images" {
+        for k in WHOLE_FIELDS {
+            if let Some(Value::String(v)) = up.fields.get(*k) {
+                if let Ok(n) = v.parse::<u64>() {
+                    up.fields.insert((*k).to_owned(), Value::from(n));
+                }
+            }
+        }
+        let ereq = ImageEditRequest {
+            model: model.clone(),
+            prompt,
+            images: files
+                .iter()
+                .map(|(s, n)| (FileSource::Path(s.0.clone()), n.clone()))
+                .collect(),
+            mask: mask
+                .as_ref()
+                .map(|(s, n)| (FileSource::Path(s.0.clone()), n.clone())),
+            params: up.fields,
+        };
+        let out = live.router.image_edit(ereq, &opts, &[]).await;
+        drop(files);
+        drop(mask);
+        return match out {
+            Ok(routed) => {
+                settle(ticket, None, 0);
+                let done = &routed.value;
+                let mut r = json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(&done.response).unwrap_or(Value::Null),
+                    &ctx.rid,
+                );
+                routing_headers(
+                    r.headers_mut(),
+                    &routed.deployment_id,
+                    routed.attempted_fallbacks,
+                    done.meta.cost,
+                    &info,
+                );
+                ctx.answered_by(&done.meta, done.meta.cost);
+                ctx.finish(200, &routed.deployment_id, None, done.meta.cost, None);
+                r
+            }
+            Err(e) => {
+                settle(ticket, Some(&e), 0);
+                ctx.fail(&e)
+            }
+        };
+    }
     let plain = matches!(
         up.fields.get("response_format").and_then(Value::as_str),
         Some("text" | "srt" | "vtt")
     );
+    let (file, filename) = &files[0];
     let treq = TranscriptionRequest {
         model: model.clone(),
-        file: AudioSource::Path(file.0.clone()),
-        filename,
+        file: FileSource::Path(file.0.clone()),
+        filename: filename.clone(),
         params: up.fields,
     };
     let out = live.router.transcription(treq, &opts, &[]).await;
-    drop(file);
+    drop(files);
     match out {
         Ok(routed) => {
             settle(ticket, None, 0);

@@ -631,6 +631,7 @@ enum Route {
     Images,
     Speech,
     Transcription,
+    ImageEdits,
     Models,
     Model,
     Health,
@@ -715,6 +716,7 @@ fn route(method: &Method, path: &str) -> Route {
         (&Method::POST, "/images/generations") => Route::Images,
         (&Method::POST, "/audio/speech") => Route::Speech,
         (&Method::POST, "/audio/transcriptions") => Route::Transcription,
+        (&Method::POST, "/images/edits") => Route::ImageEdits,
         (&Method::GET, "/models") => Route::Models,
         (&Method::GET, p) if p.len() > "/models/".len() && p.starts_with("/models/") => {
             Route::Model
@@ -813,6 +815,7 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
             Route::Images => images(&body, &host),
             Route::Speech => speech(&controls, &body),
             Route::Transcription => transcription(&content_type, &body),
+            Route::ImageEdits => image_edits(&content_type, &body),
             Route::Models => response(
                 StatusCode::OK,
                 JSON,
@@ -2306,6 +2309,76 @@ fn transcription(content_type: &str, body: &[u8]) -> Response<FakeBody> {
             serde_json::to_vec(&serde_json::json!({"text": text})).unwrap_or_default(),
         ),
     }
+}
+
+/// `POST /v1/images/edits`: multipart with `prompt` and `image` (or several `image[]`), and
+/// an optional `mask`; answers `n` base64 PNGs whose `revised_prompt` says what was received
+/// (`edited <bytes> bytes of <names> [mask <bytes>]: <prompt>`).
+fn image_edits(content_type: &str, body: &[u8]) -> Response<FakeBody> {
+    let Some(parts) = multipart_parts(content_type, body) else {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "The request body is not valid multipart/form-data.",
+            "invalid_request_error",
+            None,
+        );
+    };
+    let text_field = |name: &str| {
+        parts
+            .iter()
+            .find(|(n, f, _)| n == name && f.is_none())
+            .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let Some(prompt) = text_field("prompt").filter(|p| !p.trim().is_empty()) else {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "Missing required parameter: 'prompt'.",
+            "invalid_request_error",
+            None,
+        );
+    };
+    let images: Vec<&FormPart<'_>> = parts
+        .iter()
+        .filter(|(n, _, _)| n == "image" || n == "image[]")
+        .collect();
+    if images.is_empty() {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "Missing required parameter: 'image'.",
+            "invalid_request_error",
+            None,
+        );
+    }
+    let bytes: usize = images.iter().map(|(_, _, d)| d.len()).sum();
+    let names: Vec<String> = images
+        .iter()
+        .map(|(_, f, _)| f.clone().unwrap_or_default())
+        .collect();
+    let mask = parts
+        .iter()
+        .find(|(n, _, _)| n == "mask")
+        .map(|(_, _, d)| format!(" mask {}", d.len()))
+        .unwrap_or_default();
+    let n = text_field("n")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1)
+        .clamp(1, 10);
+    let revised = format!(
+        "edited {bytes} bytes of {}{mask}: {prompt}",
+        names.join(",")
+    );
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, PIXEL_PNG);
+    let data: Vec<serde_json::Value> = (0..n)
+        .map(|_| serde_json::json!({"b64_json": b64, "revised_prompt": revised}))
+        .collect();
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&serde_json::json!({"created": created, "data": data}))
+            .unwrap_or_default(),
+    )
 }
 
 /// `POST /v1/images/generations`: `n` copies of a 1x1 PNG, as `b64_json` or as a URL on this

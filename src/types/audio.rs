@@ -16,10 +16,10 @@ pub struct SpeechRequest {
     pub params: Map<String, Value>,
 }
 
-/// Where the audio of a transcription comes from: a file (streamed from disk, never loaded
-/// whole) or bytes already in memory.
+/// An uploaded file (transcription audio, an image to edit): a file on disk (streamed, never
+/// loaded whole) or bytes already in memory.
 #[derive(Debug, Clone)]
-pub enum AudioSource {
+pub enum FileSource {
     Path(PathBuf),
     Bytes(Bytes),
 }
@@ -30,7 +30,7 @@ pub enum AudioSource {
 #[derive(Debug, Clone)]
 pub struct TranscriptionRequest {
     pub model: String,
-    pub file: AudioSource,
+    pub file: FileSource,
     pub filename: String,
     pub params: Map<String, Value>,
 }

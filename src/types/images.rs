@@ -37,6 +37,17 @@ impl ImageRequest {
     }
 }
 
+/// An image edit request: the prompt, the image(s) to edit with their file names, an optional
+/// mask, and the parameters sent upstream (`n`, `size`, `quality`, `response_format`, ...).
+#[derive(Debug, Clone)]
+pub struct ImageEditRequest {
+    pub model: String,
+    pub prompt: String,
+    pub images: Vec<(super::FileSource, String)>,
+    pub mask: Option<(super::FileSource, String)>,
+    pub params: Map<String, Value>,
+}
+
 /// One generated image: a URL or base64 data, and the prompt as the model rewrote it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ImageData {

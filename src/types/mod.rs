@@ -12,10 +12,10 @@ mod embeddings;
 mod images;
 mod stream;
 
-pub use audio::{AudioSource, SpeechRequest, TranscriptionRequest, TranscriptionResponse};
+pub use audio::{FileSource, SpeechRequest, TranscriptionRequest, TranscriptionResponse};
 pub use chat::{ChatCompletion, ChatRequest, Choice, FunctionCall, Message, ToolCall, Usage};
 pub use embeddings::{EmbeddingRequest, EmbeddingResponse};
-pub use images::{ImageData, ImageRequest, ImageResponse};
+pub use images::{ImageData, ImageEditRequest, ImageRequest, ImageResponse};
 pub use stream::{ChatChunk, ChunkChoice, Delta, DeltaFunction, DeltaToolCall};
 
 pub(crate) fn unix_now() -> i64 {
