@@ -207,3 +207,25 @@ model_list:
                 cast_to=object,
                 options=MULTIPART,
             )
+
+
+def test_imagen_through_the_gemini_api(fake, key):
+    r = llmux.image_generation(
+        "a dog on a beach",
+        model="gemini/imagen-3.0-generate-001",
+        api_base=fake.url,
+        api_key="g-key",
+        n=2,
+        size="1792x1024",
+        extra_headers={"x-fake-key": key},
+    )
+    assert len(r.data) == 2 and base64.b64decode(r.data[0].b64_json).startswith(PNG)
+    # $0.04 an image (the price table's gemini/imagen-3.0-generate-001).
+    assert r._hidden_params["response_cost"] == pytest.approx(0.08)
+    st = fake.stats(key)
+    assert st["last_path"].endswith("/models/imagen-3.0-generate-001:predict")
+    assert st["last_body"] == {
+        "instances": [{"prompt": "a dog on a beach"}],
+        "parameters": {"sampleCount": 2, "aspectRatio": "16:9"},
+    }
+    assert st["last_headers"]["x-goog-api-key"] == "g-key"

@@ -38,7 +38,8 @@ use crate::streaming::sse::{SseEvent, SseParser};
 use crate::streaming::{StreamDecoder, StreamEvent};
 use crate::types::{
     unix_now, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, DeltaFunction,
-    DeltaToolCall, EmbeddingRequest, EmbeddingResponse, FunctionCall, Message, ToolCall, Usage,
+    DeltaToolCall, EmbeddingRequest, EmbeddingResponse, FunctionCall, ImageRequest, ImageResponse,
+    Message, ToolCall, Usage,
 };
 
 /// Google AI Studio's endpoint.
@@ -157,6 +158,64 @@ fn headers(route: &Route, extra: &[(String, String)]) -> Result<HeaderMap> {
     Ok(h)
 }
 
+/// An Imagen `predict` body: the prompt as the instance; `n` as `sampleCount`, an OpenAI
+/// `size` as the nearest `aspectRatio`; Imagen's own parameters (`aspectRatio`,
+/// `personGeneration`, ...) pass as given.
+pub fn image_body(req: &ImageRequest, extra: Option<&Map<String, Value>>) -> Value {
+    let mut params = Map::new();
+    params.insert("sampleCount".into(), Value::from(req.count()));
+    if let Some(size) = req.size() {
+        let ratio = match size {
+            "1792x1024" | "1536x1024" => Some("16:9"),
+            "1024x1792" | "1024x1536" => Some("9:16"),
+            "1024x1024" | "512x512" | "256x256" => Some("1:1"),
+            _ => None,
+        };
+        if let Some(r) = ratio {
+            params.insert("aspectRatio".into(), Value::from(r));
+        }
+    }
+    for (k, v) in &req.params {
+        if !matches!(
+            k.as_str(),
+            "n" | "size" | "quality" | "style" | "response_format" | "user"
+        ) {
+            params.insert(k.clone(), v.clone());
+        }
+    }
+    let mut body = json!({"instances": [{"prompt": req.prompt}], "parameters": params});
+    if let (Some(extra), Some(obj)) = (extra, body.as_object_mut()) {
+        for (k, v) in extra {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+/// Imagen's `predictions` (`bytesBase64Encoded`) as OpenAI's `data` (`b64_json`).
+pub fn parse_image(route: &Route, body: &[u8]) -> Result<ImageResponse> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| invalid_response(route, "image response", &e.to_string(), body))?;
+    let preds = v
+        .get("predictions")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid_response(route, "image response", "no predictions", body))?;
+    let data = preds
+        .iter()
+        .filter_map(|p| p.get("bytesBase64Encoded").and_then(Value::as_str))
+        .map(|b| crate::types::ImageData {
+            b64_json: Some(b.to_owned()),
+            ..Default::default()
+        })
+        .collect();
+    Ok(ImageResponse {
+        created: crate::types::unix_now(),
+        data,
+        usage: None,
+        extra: Map::new(),
+    })
+}
+
 fn to_bytes(v: &Value) -> Result<bytes::Bytes> {
     serde_json::to_vec(v)
         .map(bytes::Bytes::from)
@@ -202,6 +261,24 @@ impl Provider for Gemini {
 
     fn parse_error(&self, route: &Route, status: u16, headers: &HeaderMap, body: &[u8]) -> Error {
         parse_error(route, status, headers, body)
+    }
+
+    /// Imagen through the Gemini API: `models/{model}:predict`.
+    fn image_request(
+        &self,
+        route: &Route,
+        req: &ImageRequest,
+        x: &Extras<'_>,
+    ) -> Result<PreparedRequest> {
+        Ok(PreparedRequest {
+            url: url(route, "predict"),
+            headers: headers(route, x.headers)?,
+            body: to_bytes(&image_body(req, x.body))?,
+        })
+    }
+
+    fn parse_image(&self, route: &Route, body: &[u8]) -> Result<ImageResponse> {
+        parse_image(route, body)
     }
 
     fn embedding_request(

@@ -1,5 +1,6 @@
 //! The fake upstream's Gemini API: `POST /v1beta/models/{model}:generateContent`,
-//! `:streamGenerateContent` (SSE with `?alt=sse`), `:embedContent` and `:batchEmbedContents`
+//! `:streamGenerateContent` (SSE with `?alt=sse`), `:embedContent`, `:batchEmbedContents` and
+//! Imagen's `:predict`
 //! (also under `/v1/`), answering in Gemini's own camelCase JSON, validated against the
 //! `google-genai` SDK's pydantic types by the Python tests.
 //!
@@ -35,11 +36,12 @@ use super::fake_upstream::{
 };
 use super::Ctx;
 
-const OPS: [&str; 4] = [
+const OPS: [&str; 5] = [
     ":generateContent",
     ":streamGenerateContent",
     ":embedContent",
     ":batchEmbedContents",
+    ":predict",
 ];
 
 const TOP_FIELDS: &[&str] = &[
@@ -479,8 +481,38 @@ pub(crate) fn respond(ctx: &Ctx<'_>) -> Response<FakeBody> {
     };
     match op {
         "embedContent" | "batchEmbedContents" => embeddings(model, op, &req),
+        "predict" => imagen(&req),
         _ => generate(ctx, model, stream, &req),
     }
+}
+
+/// Imagen's `:predict`: `sampleCount` 1x1 PNGs for the prompt of the first instance.
+fn imagen(req: &Value) -> Response<FakeBody> {
+    let prompt = req
+        .pointer("/instances/0/prompt")
+        .and_then(Value::as_str)
+        .filter(|p| !p.trim().is_empty());
+    if prompt.is_none() {
+        return invalid_argument("instances[0].prompt is required.");
+    }
+    let n = req
+        .pointer("/parameters/sampleCount")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    if !(1..=4).contains(&n) {
+        return invalid_argument("sampleCount must be between 1 and 4.");
+    }
+    let b64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        super::fake_upstream::PIXEL_PNG,
+    );
+    let preds: Vec<Value> = (0..n)
+        .map(|_| json!({"bytesBase64Encoded": b64, "mimeType": "image/png"}))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&json!({"predictions": preds})).unwrap_or_default(),
+    )
 }
 
 fn generate(ctx: &Ctx<'_>, model: &str, stream: bool, req: &Value) -> Response<FakeBody> {
