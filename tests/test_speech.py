@@ -133,3 +133,19 @@ general_settings:
             r.read()
         with pytest.raises(openai.BadRequestError, match="'input' is required"):
             c.post("/audio/speech", body={"model": "voice", "voice": "alloy"}, cast_to=object)
+
+
+def test_azure_speech(fake, key):
+    r = llmux.speech(
+        model="azure/my-tts",
+        input=TEXT,
+        voice="alloy",
+        api_base=fake.url,
+        api_version="2025-03-01-preview",
+        api_key="azure-key",
+        extra_headers={"x-fake-key": key},
+    )
+    assert r.content.startswith(b"ID3")
+    st = fake.stats(key)
+    assert st["last_path"].startswith("/openai/deployments/my-tts/audio/speech")
+    assert st["last_headers"]["api-key"] == "azure-key"

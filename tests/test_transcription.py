@@ -221,3 +221,24 @@ server:
         assert e.value.status_code == 413
         # Still serving.
         assert c.audio.transcriptions.create(model="ears", file=("s.wav", b"RIFF0000")).text
+
+
+@pytest.mark.parametrize(
+    "model,extra,path",
+    [
+        (
+            "azure/my-whisper",
+            {"api_version": "2024-10-21", "api_key": "azure-key"},
+            "/openai/deployments/my-whisper/audio/transcriptions",
+        ),
+        ("groq/whisper-large-v3", {"api_key": "gsk-test"}, "/v1/audio/transcriptions"),
+    ],
+)
+def test_azure_and_groq_transcription(fake, clip, key, model, extra, path):
+    base = fake.url if model.startswith("azure") else fake.base_url
+    r = llmux.transcription(model=model, file=clip, api_base=base, extra_headers={"x-fake-key": key}, **extra)
+    assert r.text == f"transcribed {clip.stat().st_size} bytes of clip.wav"
+    st = fake.stats(key)
+    assert st["last_path"].startswith(path)
+    if model.startswith("groq"):
+        assert st["last_headers"]["authorization"] == "Bearer gsk-test"
