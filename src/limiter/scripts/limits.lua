@@ -16,6 +16,10 @@
 -- the second time. An admission is all or nothing over its scopes; admissions are decided in
 -- order, each seeing the charges of the ones before it.
 --
+-- Within one call, each TAT key is read at most once and written at most once (at the end), and
+-- each lease set is pruned and counted once: a batch of many requests on one scope costs about
+-- what one request does, plus a marker and a lease member per request.
+--
 -- Returns the number of scopes settled, then five numbers per admission: {1, remaining
 -- requests, µs until requests reset, remaining tokens, µs until tokens reset} (-1 where no
 -- scope has that limit), or {0, scope index (1-based), what (1 requests, 2 tokens, 3 parallel),
@@ -28,16 +32,45 @@ local admits = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local marker_ttl = tonumber(ARGV[4])
 
-local function store(key, tat)
-  if tat > now then
-    redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
-  else
-    redis.call('DEL', key)
+-- TATs read in this call, and the ones changed (written back once, at the end).
+local tats, dirty = {}, {}
+local function get_tat(key)
+  local v = tats[key]
+  if v == nil then
+    v = tonumber(redis.call('GET', key) or '0')
+    tats[key] = v
+  end
+  return v
+end
+local function put_tat(key, tat)
+  tats[key] = tat
+  dirty[key] = true
+end
+local function flush()
+  for key in pairs(dirty) do
+    local tat = tats[key]
+    if tat > now then
+      redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+    else
+      redis.call('DEL', key)
+    end
   end
 end
 
+-- Live leases per lease set (pruned of expired ones once per call), and the sets added to.
+local lease_count, leased = {}, {}
+local function leases_of(key)
+  local c = lease_count[key]
+  if c == nil then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+    c = redis.call('ZCARD', key)
+    lease_count[key] = c
+  end
+  return c
+end
+
 local function gcra(key, interval, tolerance, cost)
-  local tat = tonumber(redis.call('GET', key) or '0')
+  local tat = get_tat(key)
   if tat < now then tat = now end
   local new = tat + cost * interval
   -- 0.001 µs of slack: tolerance = burst * interval is rarely exact in floating point.
@@ -55,25 +88,27 @@ local function settle(id, undo, n, a, k)
     local ai = a + (i - 1) * 4
     local rt, tt, used = tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2]), tonumber(ARGV[ai + 3])
     local marked = ARGV[ai + 4] == '1'
-    redis.call('ZREM', KEYS[ki + 3], id)
+    if redis.call('ZREM', KEYS[ki + 3], id) == 1 and lease_count[KEYS[ki + 3]] then
+      lease_count[KEYS[ki + 3]] = lease_count[KEYS[ki + 3]] - 1
+    end
     local reserved = redis.call('GET', KEYS[ki + 4])
     if reserved then
       redis.call('DEL', KEYS[ki + 4])
       settled = settled + 1
       local delta = used - tonumber(reserved)
       if tt > 0 and used >= 0 and delta ~= 0 then
-        local tat = tonumber(redis.call('GET', KEYS[ki + 2]) or '0')
+        local tat = get_tat(KEYS[ki + 2])
         if delta < 0 then
           tat = math.max(tat + delta * tt, now)
         else
           tat = math.max(tat, now) + delta * tt
         end
-        store(KEYS[ki + 2], tat)
+        put_tat(KEYS[ki + 2], tat)
       end
     end
     if undo and rt > 0 and (reserved or not marked) then
-      local tat = tonumber(redis.call('GET', KEYS[ki + 1]) or '0')
-      store(KEYS[ki + 1], math.max(tat - rt, now))
+      local tat = get_tat(KEYS[ki + 1])
+      put_tat(KEYS[ki + 1], math.max(tat - rt, now))
     end
   end
   return settled
@@ -104,17 +139,16 @@ local function admit(id, n, a, k)
       if rem_tok < 0 or rem < rem_tok then rem_tok = rem; reset_tok = new - now end
     end
     if maxp > 0 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[ki + 3], '-inf', now_ms)
-      if redis.call('ZCARD', KEYS[ki + 3]) >= maxp then return {0, i, 3, 1000000, 0} end
+      if leases_of(KEYS[ki + 3]) >= maxp then return {0, i, 3, 1000000, 0} end
       leases[#leases + 1] = KEYS[ki + 3]
     end
   end
   for _, w in ipairs(writes) do
-    redis.call('SET', w[1], string.format('%.0f', w[2]), 'PX', math.ceil((w[2] - now) / 1000) + 1000)
+    put_tat(w[1], w[2])
   end
   for _, key in ipairs(leases) do
-    redis.call('ZADD', key, now_ms + lease, id)
-    redis.call('PEXPIRE', key, lease + 1000)
+    lease_count[key] = lease_count[key] + redis.call('ZADD', key, now_ms + lease, id)
+    leased[key] = true
   end
   for i = 1, n do
     local ai = a + (i - 1) * 6
@@ -140,5 +174,9 @@ for _ = 1, admits do
   for _, v in ipairs(admit(id, n, a, k)) do out[#out + 1] = v end
   a = a + n * 6
   k = k + n * 4
+end
+flush()
+for key in pairs(leased) do
+  redis.call('PEXPIRE', key, lease + 1000)
 end
 return out
