@@ -1,5 +1,7 @@
 //! The process-wide HTTP client: one connection pool, TCP_NODELAY, keep-alive, rustls with the
-//! `ring` provider. Every upstream call goes through [`client`]; nothing else builds a client.
+//! `ring` provider. Every upstream call goes through [`client`]; the only other client is
+//! [`fetch_client`], which follows no redirects, for fetching callers' image URLs when private
+//! networks are off limits.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -20,6 +22,29 @@ fn build() -> std::result::Result<reqwest::Client, String> {
         .user_agent(concat!("llmux/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| e.to_string())
+}
+
+static FETCH_CLIENT: OnceLock<std::result::Result<reqwest::Client, String>> = OnceLock::new();
+
+/// A client that follows no redirects (a redirect could lead to a private address that was
+/// checked away), for fetching URLs callers give.
+pub fn fetch_client() -> Result<&'static reqwest::Client> {
+    let built = FETCH_CLIENT.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("llmux/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    match built {
+        Ok(c) => Ok(c),
+        Err(e) => Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("cannot build the HTTP client: {e}"),
+        )),
+    }
 }
 
 /// The shared client, built on first use.

@@ -230,7 +230,9 @@ impl RedisConfig {
         ] {
             if let Some(v) = get(k) {
                 match v.as_f64() {
-                    Some(s) if s.is_finite() && s > 0.0 => *slot = Duration::from_secs_f64(s),
+                    Some(s) if s > 0.0 && Duration::try_from_secs_f64(s).is_ok() => {
+                        *slot = Duration::try_from_secs_f64(s).unwrap_or(*slot)
+                    }
                     _ => {
                         return Err(Error::invalid_config(format!(
                             "redis.{k} must be a positive number of seconds"

@@ -69,14 +69,14 @@ pub fn decide(
 pub fn retry_hint(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()) {
         if let Ok(ms) = ms.trim().parse::<f64>() {
-            if ms.is_finite() && ms >= 0.0 {
-                return Some(Duration::from_secs_f64(ms / 1000.0));
+            if let Ok(d) = Duration::try_from_secs_f64(ms / 1000.0) {
+                return Some(d);
             }
         }
     }
     let v = headers.get("retry-after")?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return Duration::try_from_secs_f64(secs).ok();
     }
     let when = httpdate::parse_http_date(v).ok()?;
     when.duration_since(SystemTime::now()).ok()

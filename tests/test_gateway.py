@@ -661,3 +661,51 @@ def test_python_callbacks_named_in_the_config(fake, tmp_path, monkeypatch_module
             if ch.choices
         )
         assert rows(3)[2]["kind"] == "success" and rows(3)[2]["content"] == text == REPLY
+
+
+def test_hardening(fake, tmp_path, monkeypatch_module):
+    path = tmp_path / "c.yaml"
+    gem = f"""
+  - model_name: gem
+    litellm_params: {{model: gemini/gemini-2.5-flash, api_base: "{fake.url}", api_key: g-key}}"""
+    write_config(path, fake, {}, models=gem)
+    with Gateway(path) as g:
+        # Only the operator may mock answers or force failures (they feed cooldowns).
+        status, _, payload = raw(
+            g,
+            "POST",
+            "/v1/chat/completions",
+            {"model": "gpt-4o", "messages": MSGS, "mock_response": "hi"},
+            key=ALICE,
+        )
+        assert status == 403 and "master key" in error_of(payload)["message"]
+        status, _, payload = raw(
+            g,
+            "POST",
+            "/v1/chat/completions",
+            {"model": "gpt-4o", "messages": MSGS, "mock_testing_fallbacks": True},
+            key=ALICE,
+        )
+        assert status == 403
+        # Image URLs inside the gateway's own network are never fetched.
+        msg = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": f"{fake.url}/__files/pixel.png"}},
+                ],
+            }
+        ]
+        status, _, payload = raw(g, "POST", "/v1/chat/completions", {"model": "gem", "messages": msg})
+        assert status == 400 and "private or local network" in error_of(payload)["message"]
+        # Absurd numbers are refused, not a crash.
+        status, _, payload = raw(
+            g, "POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": MSGS, "timeout": 1e300}
+        )
+        assert status == 400 and "'timeout'" in error_of(payload)["message"]
+        # Made-up model names do not become metric labels.
+        raw(g, "POST", "/v1/chat/completions", {"model": "made-up-xyz", "messages": MSGS})
+        metrics = urllib.request.urlopen(f"{g.url}/metrics").read().decode()
+        assert "made-up-xyz" not in metrics
+        assert raw(g, "POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": MSGS})[0] == 200

@@ -60,12 +60,12 @@ fn seconds(v: &Bound<'_, PyAny>, key: &str) -> PyResult<Option<Duration>> {
     let s: f64 = v
         .extract()
         .map_err(|_| type_err(key, "a number of seconds"))?;
-    if !(s.is_finite() && s > 0.0) {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "{key} must be positive, got {s}"
-        )));
+    match Duration::try_from_secs_f64(s) {
+        Ok(d) if s > 0.0 => Ok(Some(d)),
+        _ => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{key} must be a positive number of seconds, got {s}"
+        ))),
     }
-    Ok(Some(Duration::from_secs_f64(s)))
 }
 
 fn headers(v: &Bound<'_, PyAny>, key: &str, out: &mut Vec<(String, String)>) -> PyResult<()> {

@@ -87,17 +87,26 @@ pub fn set_budget(
     };
     let hook = match redis_url {
         Some(url) => {
-            let w = Duration::from_secs_f64(window.unwrap_or(30.0 * 86_400.0));
+            let w =
+                Duration::try_from_secs_f64(window.unwrap_or(30.0 * 86_400.0)).map_err(|_| {
+                    pyo3::exceptions::PyValueError::new_err(
+                        "budget_duration must be a positive number of seconds",
+                    )
+                })?;
             let cfg = RedisConfig::new(RedisTarget::Url(url));
             let pool = block_on(py, async move { RedisPool::connect(&cfg).await })?
                 .map_err(|e| to_pyerr(py, e))?;
             BudgetHook::redis(max, w, scope, pool, "llmux")
         }
         None => {
-            let w = window.map_or(
-                Duration::from_secs(100 * 365 * 86_400),
-                Duration::from_secs_f64,
-            );
+            let w = match window {
+                None => Duration::from_secs(100 * 365 * 86_400),
+                Some(w) => Duration::try_from_secs_f64(w).map_err(|_| {
+                    pyo3::exceptions::PyValueError::new_err(
+                        "budget_duration must be a positive number of seconds",
+                    )
+                })?,
+            };
             BudgetHook::local(max, w, scope)
         }
     };

@@ -48,6 +48,8 @@ pub struct ServerSettings {
     pub watch_interval: Option<Duration>,
     /// Log every request at `info` (else at `debug`).
     pub access_log: bool,
+    /// Fetch image URLs in messages even when they point at private or local addresses.
+    pub allow_private_image_urls: bool,
 }
 
 impl Default for ServerSettings {
@@ -61,6 +63,7 @@ impl Default for ServerSettings {
             max_upload_bytes: crate::pipeline::DEFAULT_MAX_UPLOAD_BYTES,
             watch_interval: Some(Duration::from_secs(1)),
             access_log: false,
+            allow_private_image_urls: false,
         }
     }
 }
@@ -105,8 +108,9 @@ pub fn parse_duration(v: &Value, path: &str) -> Result<Duration> {
         ))
     };
     if let Some(n) = v.as_f64() {
-        return (n.is_finite() && n > 0.0)
-            .then(|| Duration::from_secs_f64(n))
+        return (n > 0.0)
+            .then(|| Duration::try_from_secs_f64(n).ok())
+            .flatten()
             .ok_or_else(err);
     }
     let s = v.as_str().ok_or_else(err)?.trim();
@@ -124,7 +128,7 @@ pub fn parse_duration(v: &Value, path: &str) -> Result<Duration> {
     if !(n.is_finite() && n > 0.0) {
         return Err(err());
     }
-    Ok(Duration::from_secs_f64(n * unit))
+    Duration::try_from_secs_f64(n * unit).map_err(|_| err())
 }
 
 fn budget(m: &Map<String, Value>, path: &str) -> Result<(Option<f64>, Duration)> {
@@ -268,6 +272,7 @@ const SERVER_KEYS: &[&str] = &[
     "max_upload_bytes",
     "watch_interval",
     "access_log",
+    "allow_private_image_urls",
 ];
 
 const CACHE_KEYS: &[&str] = &["type", "mode", "ttl", "namespace", "max_entries"];
@@ -383,6 +388,9 @@ pub fn parse_expiry(v: &Value, path: &str) -> Result<u64> {
         ))
     };
     let s = v.as_str().ok_or_else(err)?.trim();
+    if !s.is_ascii() {
+        return Err(err());
+    }
     let num = |a: usize, b: usize| -> Result<i64> {
         s.get(a..b)
             .filter(|t| t.bytes().all(|c| c.is_ascii_digit()))
@@ -415,7 +423,10 @@ pub fn parse_expiry(v: &Value, path: &str) -> Result<u64> {
         }
         match rest {
             "Z" | "z" | "" => {}
-            off if off.len() == 6 && (off.starts_with('+') || off.starts_with('-')) => {
+            off if off.len() == 6
+                && off.is_ascii()
+                && (off.starts_with('+') || off.starts_with('-')) =>
+            {
                 let oh: i64 = off[1..3].parse().map_err(|_| err())?;
                 let om: i64 = off[4..6].parse().map_err(|_| err())?;
                 let delta = oh * 3600 + om * 60;
@@ -547,6 +558,9 @@ fn server_settings(m: &Map<String, Value>) -> Result<ServerSettings> {
     }
     if let Some(b) = opt_bool(m, "access_log", p)? {
         s.access_log = b;
+    }
+    if let Some(b) = opt_bool(m, "allow_private_image_urls", p)? {
+        s.allow_private_image_urls = b;
     }
     Ok(s)
 }

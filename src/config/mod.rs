@@ -43,8 +43,8 @@ fn as_str(v: &Value) -> Option<String> {
 /// A positive number of seconds.
 pub fn secs(v: &Value, what: &str) -> Result<Duration> {
     v.as_f64()
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
         .ok_or_else(|| bad(format!("{what} must be a positive number of seconds")))
 }
 
@@ -245,11 +245,10 @@ pub fn router_settings(s: &Map<String, Value>) -> Result<(Settings, RetryBudget)
         out.allowed_fails = v;
     }
     if let Some(v) = s.get("cooldown_time").filter(|v| !v.is_null()) {
-        out.cooldown_time = Duration::from_secs_f64(
-            v.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
-                .ok_or_else(|| bad("cooldown_time must be >= 0"))?,
-        );
+        out.cooldown_time = v
+            .as_f64()
+            .and_then(|f| Duration::try_from_secs_f64(f).ok())
+            .ok_or_else(|| bad("cooldown_time must be a number of seconds >= 0"))?;
     }
     if let Some(v) = whole(s, "max_fallbacks")? {
         out.max_fallbacks = usize::try_from(v).unwrap_or(usize::MAX);
@@ -277,7 +276,17 @@ pub fn router_settings(s: &Map<String, Value>) -> Result<(Settings, RetryBudget)
             RetryBudget::new(
                 b.get("ratio").and_then(Value::as_f64).unwrap_or(0.2),
                 b.get("min_per_window").and_then(Value::as_u64).unwrap_or(3),
-                Duration::from_secs_f64(b.get("window").and_then(Value::as_f64).unwrap_or(10.0)),
+                b.get("window").and_then(Value::as_f64).map_or(
+                    Ok(Duration::from_secs(10)),
+                    |w| {
+                        Duration::try_from_secs_f64(w)
+                            .ok()
+                            .filter(|d| !d.is_zero())
+                            .ok_or_else(|| {
+                                bad("retry_budget.window must be a positive number of seconds")
+                            })
+                    },
+                )?,
             )
         }
     };

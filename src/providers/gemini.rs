@@ -1595,7 +1595,7 @@ impl StreamDecoder for GeminiDecoder {
 /// Parses a `google.rpc.Duration` string such as `"36s"` or `"1.5s"`.
 pub fn parse_retry_delay(s: &str) -> Option<Duration> {
     let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 fn detail_type(d: &Value) -> &str {

@@ -5,7 +5,14 @@
 //! fetched by us first ([`inline_remote_images`]), with a size limit and a timeout; a failure is
 //! a `bad_request` error that names the URL, never a hang. Dialect modules then read every
 //! image with [`image_parts`] / [`parse_data_url`].
+//!
+//! A server (the gateway) turns on [`block_private_networks`]: URLs whose host resolves to a
+//! loopback, private, link-local or unspecified address are refused, redirects are not followed,
+//! and a request may carry at most [`MAX_REMOTE_IMAGES`] URLs, so that callers cannot make it
+//! reach inside its network.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -13,7 +20,56 @@ use futures_util::future::join_all;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::http::client;
+use crate::http::{client, fetch_client};
+
+/// Image URLs fetched for one request at most (when private networks are blocked).
+pub const MAX_REMOTE_IMAGES: usize = 16;
+
+static BLOCK_PRIVATE: AtomicBool = AtomicBool::new(false);
+
+/// Refuses image URLs on private or local networks from now on (a server's setting).
+pub fn block_private_networks(on: bool) {
+    BLOCK_PRIVATE.store(on, Ordering::Relaxed);
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            v.is_private()
+                || v.is_loopback()
+                || v.is_link_local()
+                || v.is_unspecified()
+                || v.is_broadcast()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v) => {
+            let s0 = v.segments()[0];
+            v.is_loopback()
+                || v.is_unspecified()
+                || (s0 & 0xfe00) == 0xfc00
+                || (s0 & 0xffc0) == 0xfe80
+                || v.to_ipv4_mapped()
+                    .is_some_and(|m| is_private(IpAddr::V4(m)))
+        }
+    }
+}
+
+/// Checks that every address `url`'s host resolves to is public.
+async fn check_public(url: &str) -> std::result::Result<(), String> {
+    let u = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    let host = u.host_str().ok_or("the URL has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = u.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| is_private(a.ip())) {
+        return Err("its address is on a private or local network".into());
+    }
+    Ok(())
+}
 
 /// Largest image fetched on a caller's behalf.
 pub const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
@@ -79,6 +135,12 @@ pub async fn inline_remote_images(messages: &mut [Value]) -> Result<()> {
     if slots.is_empty() {
         return Ok(());
     }
+    if BLOCK_PRIVATE.load(Ordering::Relaxed) && slots.len() > MAX_REMOTE_IMAGES {
+        return Err(Error::bad_request(format!(
+            "a request may carry at most {MAX_REMOTE_IMAGES} image URLs to fetch, got {}",
+            slots.len()
+        )));
+    }
     let fetched = join_all(
         slots
             .iter()
@@ -94,7 +156,13 @@ pub async fn inline_remote_images(messages: &mut [Value]) -> Result<()> {
 /// Fetches one image and returns it as a `data:` URL.
 pub async fn fetch(url: String) -> Result<String> {
     let fail = |why: String| Error::bad_request(format!("could not fetch image {url}: {why}"));
-    let mut resp = tokio::time::timeout(FETCH_TIMEOUT, client()?.get(&url).send())
+    let http = if BLOCK_PRIVATE.load(Ordering::Relaxed) {
+        check_public(&url).await.map_err(fail)?;
+        fetch_client()?
+    } else {
+        client()?
+    };
+    let mut resp = tokio::time::timeout(FETCH_TIMEOUT, http.get(&url).send())
         .await
         .map_err(|_| fail(format!("no answer within {FETCH_TIMEOUT:?}")))?
         .map_err(|e| fail(e.to_string()))?;
@@ -140,6 +208,37 @@ pub async fn fetch(url: String) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "2606:4700::1111", "100.128.0.1"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn blocked_hosts_are_refused_before_any_request() {
+        assert!(check_public("http://127.0.0.1:9/x.png").await.is_err());
+        assert!(check_public("http://[::1]:9/x.png").await.is_err());
+        assert!(check_public("http://localhost:9/x.png").await.is_err());
+        assert!(check_public("http://169.254.169.254/latest/meta-data")
+            .await
+            .is_err());
+    }
     use serde_json::json;
 
     #[test]

@@ -406,6 +406,8 @@ pub async fn bind(opts: &ServeOptions) -> Result<Bound> {
         .or_else(|| cfg.server.host.clone())
         .unwrap_or_else(|| "0.0.0.0".to_owned());
     let port = opts.port.or(cfg.server.port).unwrap_or(4000);
+    // A server must not fetch callers' image URLs inside its own network.
+    crate::providers::media::block_private_networks(!cfg.server.allow_private_image_urls);
     let gateway = Gateway::new(cfg, opts.config_path.clone(), opts.hook_loader.clone()).await?;
     gateway.note_file(&text);
     let host = if host == "localhost" {
@@ -451,7 +453,10 @@ pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()> + Send) -> R
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(hyper_util::rt::TokioTimer::new());
     let mut shutdown = std::pin::pin!(shutdown);
+    // Connection tasks, so that those still running at the shutdown deadline are aborted.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -473,7 +478,7 @@ pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()> + Send) -> R
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let fut = graceful.watch(conn);
-        tokio::spawn(async move {
+        conns.spawn(async move {
             if let Err(e) = fut.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -496,6 +501,7 @@ pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()> + Send) -> R
             "shutdown deadline passed; closing what is left"
         ),
     }
+    conns.abort_all();
     Ok(())
 }
 

@@ -190,6 +190,13 @@ impl Ctx {
         ttft: Option<Duration>,
     ) {
         let latency = self.started.elapsed();
+        // Only configured groups become metric labels (a client's made-up names would grow the
+        // series without bound).
+        let label = if self.live.groups.contains(&self.model) {
+            self.model.as_str()
+        } else {
+            "-"
+        };
         self.span.record("http.response.status_code", status);
         if !deployment.is_empty() {
             self.span.record("llmux.deployment_id", deployment);
@@ -205,11 +212,7 @@ impl Ctx {
         }
         self.gw.metrics.record(&Record {
             route: self.route,
-            model: if self.model.is_empty() {
-                "-"
-            } else {
-                &self.model
-            },
+            model: label,
             deployment: if deployment.is_empty() {
                 "-"
             } else {
@@ -620,8 +623,8 @@ fn parse_call(mut body: Map<String, Value>, live: &Live) -> Result<Parsed, Error
         if let Some(v) = body.remove(k).filter(|v| !v.is_null()) {
             opts.timeout = v
                 .as_f64()
-                .filter(|s| s.is_finite() && *s > 0.0)
-                .map(Duration::from_secs_f64)
+                .filter(|s| *s > 0.0)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
                 .ok_or_else(|| bad(format!("'{k}' must be a positive number of seconds")))?;
         }
     }
@@ -867,6 +870,15 @@ async fn model_call(
             ),
         ));
     }
+    // Mocked answers and forced failures feed cooldowns and fallbacks: the operator's only.
+    let mocked =
+        call.opts.mock.is_some() || call.params.keys().any(|k| k.starts_with("mock_testing_"));
+    if mocked && !matches!(who, Principal::Master | Principal::Open) {
+        return ctx.fail(&ours(
+            ErrorKind::PermissionDenied,
+            "'mock_response' and 'mock_testing_*' need the master key",
+        ));
+    }
     if let Err(e) = check_budgets(&gw, &live, &who).await {
         return ctx.fail(&e);
     }
@@ -1083,6 +1095,21 @@ fn routing_headers(
     rate_headers(h, info);
 }
 
+/// The longest text field of a multipart form.
+const MAX_FORM_FIELD: usize = 64 * 1024;
+
+/// Creates a spool file readable by this user only.
+fn spool_file(path: &std::path::Path) -> std::io::Result<tokio::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path).map(tokio::fs::File::from_std)
+}
+
 /// An uploaded file spooled to disk, removed when dropped.
 struct Spooled(std::path::PathBuf);
 
@@ -1140,7 +1167,7 @@ async fn read_upload(req: Request<Incoming>, max: u64) -> Result<Upload, Error> 
             let path =
                 std::env::temp_dir().join(format!("llmux-upload-{}", pipeline::request_id()));
             let spooled = Spooled(path.clone());
-            let mut f = tokio::fs::File::create(&path).await.map_err(|e| {
+            let mut f = spool_file(&path).map_err(|e| {
                 Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
             })?;
             while let Some(chunk) = field.chunk().await.map_err(broken)? {
@@ -1160,10 +1187,18 @@ async fn read_upload(req: Request<Incoming>, max: u64) -> Result<Upload, Error> 
             })?;
             up.files.push((name, spooled, filename));
         } else {
-            let text = field.text().await.map_err(broken)?;
-            if text.len() > 64 * 1024 {
-                return Err(bad(format!("form field '{name}' is too long")));
+            // Text fields are small: read with a cap, never whole.
+            let mut raw = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(broken)? {
+                if raw.len() + chunk.len() > MAX_FORM_FIELD {
+                    return Err(bad(format!(
+                        "form field '{name}' is longer than {MAX_FORM_FIELD} bytes"
+                    )));
+                }
+                raw.extend_from_slice(&chunk);
             }
+            let text = String::from_utf8(raw)
+                .map_err(|_| bad(format!("form field '{name}' is not UTF-8 text")))?;
             match name.strip_suffix("[]") {
                 Some(list) => {
                     let entry = up
@@ -1299,6 +1334,11 @@ async fn upload_call(
         drop_params: live.drop_params,
         ..CallOptions::default()
     };
+    // The server's upload limit, never the client's.
+    up.fields.insert(
+        "max_upload_bytes".into(),
+        Value::from(live.server.max_upload_bytes),
+    );
     if route == "images" {
         for k in WHOLE_FIELDS {
             if let Some(Value::String(v)) = up.fields.get(*k) {

@@ -25,8 +25,9 @@ pub fn gen_ai_system(model: &str) -> &str {
     model.split_once('/').map_or("openai", |(p, _)| p)
 }
 
-/// The `telemetry` config block.
-#[derive(Debug, Clone, PartialEq)]
+/// The `telemetry` config block. Its `Debug` shows header names only (they may carry a
+/// collector's credentials).
+#[derive(Clone, PartialEq)]
 pub struct OtlpConfig {
     /// The collector's base URL (`http://host:4318`) or its full traces URL.
     pub endpoint: String,
@@ -34,6 +35,24 @@ pub struct OtlpConfig {
     /// Extra request headers (authentication for hosted collectors).
     pub headers: Vec<(String, String)>,
     pub export_interval: Duration,
+}
+
+impl std::fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpConfig")
+            .field("endpoint", &self.endpoint)
+            .field("service_name", &self.service_name)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("export_interval", &self.export_interval)
+            .finish()
+    }
 }
 
 impl OtlpConfig {
