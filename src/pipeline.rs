@@ -86,6 +86,8 @@ pub struct CallOptions {
     pub model_group: Option<String>,
     /// The router's deployment for this attempt (hooks see it in their context).
     pub deployment_id: Option<String>,
+    /// Model groups this caller may use (`None`: all); the router's fallbacks keep to them.
+    pub allowed_groups: Option<Vec<String>>,
 }
 
 impl Default for CallOptions {
@@ -105,6 +107,7 @@ impl Default for CallOptions {
             team: None,
             model_group: None,
             deployment_id: None,
+            allowed_groups: None,
         }
     }
 }

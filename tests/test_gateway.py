@@ -669,7 +669,16 @@ def test_hardening(fake, tmp_path, monkeypatch_module):
   - model_name: gem
     litellm_params: {{model: gemini/gemini-2.5-flash, api_base: "{fake.url}", api_key: g-key}}"""
     write_config(path, fake, {}, models=gem)
+    limited = "  - key: sk-carol-fb\n    key_alias: carol\n    models: [broken]\n"
+    path.write_text(path.read_text().replace("keys:\n", "keys:\n" + limited, 1))
     with Gateway(path) as g:
+        # A key limited to some groups is not served by a fallback group outside them.
+        status, _, _ = raw(
+            g, "POST", "/v1/chat/completions", {"model": "broken", "messages": MSGS}, key="sk-carol-fb"
+        )
+        assert status == 500
+        status, headers, _ = raw(g, "POST", "/v1/chat/completions", {"model": "broken", "messages": MSGS})
+        assert status == 200 and headers["x-litellm-attempted-fallbacks"] == "1"
         # Only the operator may mock answers or force failures (they feed cooldowns).
         status, _, payload = raw(
             g,

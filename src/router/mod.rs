@@ -453,10 +453,12 @@ impl Router {
     }
 
     /// Runs `attempt` on the group's deployments with retries, then on fallback groups.
+    #[allow(clippy::too_many_arguments)]
     async fn route<T, F, Fut>(
         &self,
         group: &str,
         tags: &[String],
+        allowed: Option<&[String]>,
         est_tokens: u64,
         timeout: Duration,
         stream: bool,
@@ -498,7 +500,12 @@ impl Router {
                     if !tried_fallbacks {
                         tried_fallbacks = true;
                         let fb = self.fallbacks_for(group, e.kind);
-                        groups.extend(fb.into_iter().take(self.settings.max_fallbacks));
+                        // A caller limited to some groups falls back only within them.
+                        groups.extend(
+                            fb.into_iter()
+                                .filter(|g| allowed.is_none_or(|a| a.contains(g)))
+                                .take(self.settings.max_fallbacks),
+                        );
                     }
                     last_err = Some(e);
                 }
@@ -678,30 +685,38 @@ impl Router {
         }
         let call_ticket = self.admit_call(opts, &req.params, &group, est).await?;
         let out = self
-            .route(&group, tags, est, timeout, false, |d, deadline, ticket| {
-                let r = Self::request_for(&d, &req);
-                let mut o = self.options_for(&d, opts, deadline);
-                if let Some(kind) = forced.filter(|_| d.group == group) {
-                    o.mock = Some(Mock::Error(
-                        kind,
-                        format!(
-                            "mock_testing fallback: forced {} on '{}'",
-                            kind.code(),
-                            d.group
-                        ),
-                    ));
-                }
-                let price = d.price_override;
-                async move {
-                    let mut out = pipeline::completion(r, &o).await;
-                    if let (Some(p), Ok(done)) = (price, out.as_mut()) {
-                        reprice(&mut done.meta, done.response.usage.as_ref(), p);
+            .route(
+                &group,
+                tags,
+                opts.allowed_groups.as_deref(),
+                est,
+                timeout,
+                false,
+                |d, deadline, ticket| {
+                    let r = Self::request_for(&d, &req);
+                    let mut o = self.options_for(&d, opts, deadline);
+                    if let Some(kind) = forced.filter(|_| d.group == group) {
+                        o.mock = Some(Mock::Error(
+                            kind,
+                            format!(
+                                "mock_testing fallback: forced {} on '{}'",
+                                kind.code(),
+                                d.group
+                            ),
+                        ));
                     }
-                    let tokens = out.as_ref().ok().and_then(Completed::total_tokens);
-                    ticket.settle(tokens.unwrap_or(0));
-                    (out, Settle::Now(tokens))
-                }
-            })
+                    let price = d.price_override;
+                    async move {
+                        let mut out = pipeline::completion(r, &o).await;
+                        if let (Some(p), Ok(done)) = (price, out.as_mut()) {
+                            reprice(&mut done.meta, done.response.usage.as_ref(), p);
+                        }
+                        let tokens = out.as_ref().ok().and_then(Completed::total_tokens);
+                        ticket.settle(tokens.unwrap_or(0));
+                        (out, Settle::Now(tokens))
+                    }
+                },
+            )
             .await;
         let used = out.as_ref().ok().and_then(|r| r.value.total_tokens());
         settle_call(call_ticket, &out, used.unwrap_or(0));
@@ -725,55 +740,67 @@ impl Router {
         }
         let call_ticket = self.admit_call(opts, &req.params, &group, est).await?;
         let out = self
-            .route(&group, tags, est, timeout, true, |d, deadline, ticket| {
-                let r = Self::request_for(&d, &req);
-                let o = self.options_for(&d, opts, deadline);
-                let stats = stats.clone();
-                async move {
-                    let started = Instant::now();
-                    let opened = match pipeline::completion_stream(r, &o).await {
-                        Ok(v) => v,
-                        Err(e) => {
+            .route(
+                &group,
+                tags,
+                opts.allowed_groups.as_deref(),
+                est,
+                timeout,
+                true,
+                |d, deadline, ticket| {
+                    let r = Self::request_for(&d, &req);
+                    let o = self.options_for(&d, opts, deadline);
+                    let stats = stats.clone();
+                    async move {
+                        let started = Instant::now();
+                        let opened = match pipeline::completion_stream(r, &o).await {
+                            Ok(v) => v,
+                            Err(e) => {
+                                ticket.settle(0);
+                                return (Err(e), Settle::Now(None));
+                            }
+                        };
+                        let (mut s, meta) = opened;
+                        if let Err(e) = s.prefetch_first().await {
                             ticket.settle(0);
                             return (Err(e), Settle::Now(None));
                         }
-                    };
-                    let (mut s, meta) = opened;
-                    if let Err(e) = s.prefetch_first().await {
-                        ticket.settle(0);
-                        return (Err(e), Settle::Now(None));
+                        pipeline::settle_when_done(&mut s, ticket, prompt);
+                        // The attempt stays in flight until the stream ends, and settles then.
+                        let id = d.id.clone();
+                        // Captured now: the stream may end (be dropped) on a thread outside the runtime.
+                        let rt = tokio::runtime::Handle::try_current().ok();
+                        s.on_finish(move |summary| {
+                            let outcome = Outcome {
+                                latency: started.elapsed(),
+                                ttft: summary
+                                    .first_chunk_at
+                                    .map(|t| t.saturating_duration_since(started)),
+                                tokens: summary
+                                    .usage
+                                    .as_ref()
+                                    .map_or(0, |u: &Usage| u.total_tokens),
+                                error: summary.error,
+                            };
+                            match &rt {
+                                Some(rt) => {
+                                    rt.spawn(async move {
+                                        let _ = stats.end(&id, &outcome).await;
+                                    });
+                                }
+                                // No runtime to run on: settle in place (the in-process stats need
+                                // no I/O; a Redis lease expires by itself).
+                                None => {
+                                    let _ = futures_util::FutureExt::now_or_never(
+                                        stats.end(&id, &outcome),
+                                    );
+                                }
+                            }
+                        });
+                        (Ok((s, meta)), Settle::Later)
                     }
-                    pipeline::settle_when_done(&mut s, ticket, prompt);
-                    // The attempt stays in flight until the stream ends, and settles then.
-                    let id = d.id.clone();
-                    // Captured now: the stream may end (be dropped) on a thread outside the runtime.
-                    let rt = tokio::runtime::Handle::try_current().ok();
-                    s.on_finish(move |summary| {
-                        let outcome = Outcome {
-                            latency: started.elapsed(),
-                            ttft: summary
-                                .first_chunk_at
-                                .map(|t| t.saturating_duration_since(started)),
-                            tokens: summary.usage.as_ref().map_or(0, |u: &Usage| u.total_tokens),
-                            error: summary.error,
-                        };
-                        match &rt {
-                            Some(rt) => {
-                                rt.spawn(async move {
-                                    let _ = stats.end(&id, &outcome).await;
-                                });
-                            }
-                            // No runtime to run on: settle in place (the in-process stats need
-                            // no I/O; a Redis lease expires by itself).
-                            None => {
-                                let _ =
-                                    futures_util::FutureExt::now_or_never(stats.end(&id, &outcome));
-                            }
-                        }
-                    });
-                    (Ok((s, meta)), Settle::Later)
-                }
-            })
+                },
+            )
             .await;
         match out {
             Ok(mut routed) => {
@@ -802,21 +829,29 @@ impl Router {
         }
         let call_ticket = self.admit_call(opts, &req.params, &group, est).await?;
         let out = self
-            .route(&group, tags, est, timeout, false, |d, deadline, ticket| {
-                let mut r = req.clone();
-                r.model = d.model.clone();
-                let o = self.options_for(&d, opts, deadline);
-                let price = d.price_override;
-                async move {
-                    let mut out = pipeline::embedding(r, &o).await;
-                    if let (Some(p), Ok(done)) = (price, out.as_mut()) {
-                        reprice(&mut done.meta, done.response.usage.as_ref(), p);
+            .route(
+                &group,
+                tags,
+                opts.allowed_groups.as_deref(),
+                est,
+                timeout,
+                false,
+                |d, deadline, ticket| {
+                    let mut r = req.clone();
+                    r.model = d.model.clone();
+                    let o = self.options_for(&d, opts, deadline);
+                    let price = d.price_override;
+                    async move {
+                        let mut out = pipeline::embedding(r, &o).await;
+                        if let (Some(p), Ok(done)) = (price, out.as_mut()) {
+                            reprice(&mut done.meta, done.response.usage.as_ref(), p);
+                        }
+                        let tokens = out.as_ref().ok().and_then(Completed::total_tokens);
+                        ticket.settle(tokens.unwrap_or(0));
+                        (out, Settle::Now(tokens))
                     }
-                    let tokens = out.as_ref().ok().and_then(Completed::total_tokens);
-                    ticket.settle(tokens.unwrap_or(0));
-                    (out, Settle::Now(tokens))
-                }
-            })
+                },
+            )
             .await;
         let used = out.as_ref().ok().and_then(|r| r.value.total_tokens());
         settle_call(call_ticket, &out, used.unwrap_or(0));
@@ -838,19 +873,27 @@ impl Router {
         }
         let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
         let out = self
-            .route(&group, tags, 0, timeout, false, |d, deadline, ticket| {
-                let mut r = req.clone();
-                r.model = d.model.clone();
-                for (k, v) in &d.params {
-                    r.params.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-                let o = self.options_for(&d, opts, deadline);
-                async move {
-                    let out = pipeline::image_generation(r, &o).await;
-                    ticket.settle(0);
-                    (out, Settle::Now(Some(0)))
-                }
-            })
+            .route(
+                &group,
+                tags,
+                opts.allowed_groups.as_deref(),
+                0,
+                timeout,
+                false,
+                |d, deadline, ticket| {
+                    let mut r = req.clone();
+                    r.model = d.model.clone();
+                    for (k, v) in &d.params {
+                        r.params.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                    let o = self.options_for(&d, opts, deadline);
+                    async move {
+                        let out = pipeline::image_generation(r, &o).await;
+                        ticket.settle(0);
+                        (out, Settle::Now(Some(0)))
+                    }
+                },
+            )
             .await;
         settle_call(call_ticket, &out, 0);
         out
@@ -871,19 +914,27 @@ impl Router {
         }
         let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
         let out = self
-            .route(&group, tags, 0, timeout, false, |d, deadline, ticket| {
-                let mut r = req.clone();
-                r.model = d.model.clone();
-                for (k, v) in &d.params {
-                    r.params.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-                let o = self.options_for(&d, opts, deadline);
-                async move {
-                    let out = pipeline::speech(r, &o).await;
-                    ticket.settle(0);
-                    (out, Settle::Now(Some(0)))
-                }
-            })
+            .route(
+                &group,
+                tags,
+                opts.allowed_groups.as_deref(),
+                0,
+                timeout,
+                false,
+                |d, deadline, ticket| {
+                    let mut r = req.clone();
+                    r.model = d.model.clone();
+                    for (k, v) in &d.params {
+                        r.params.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                    let o = self.options_for(&d, opts, deadline);
+                    async move {
+                        let out = pipeline::speech(r, &o).await;
+                        ticket.settle(0);
+                        (out, Settle::Now(Some(0)))
+                    }
+                },
+            )
             .await;
         settle_call(call_ticket, &out, 0);
         out
@@ -904,19 +955,27 @@ impl Router {
         }
         let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
         let out = self
-            .route(&group, tags, 0, timeout, false, |d, deadline, ticket| {
-                let mut r = req.clone();
-                r.model = d.model.clone();
-                for (k, v) in &d.params {
-                    r.params.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-                let o = self.options_for(&d, opts, deadline);
-                async move {
-                    let out = pipeline::transcription(r, &o).await;
-                    ticket.settle(0);
-                    (out, Settle::Now(Some(0)))
-                }
-            })
+            .route(
+                &group,
+                tags,
+                opts.allowed_groups.as_deref(),
+                0,
+                timeout,
+                false,
+                |d, deadline, ticket| {
+                    let mut r = req.clone();
+                    r.model = d.model.clone();
+                    for (k, v) in &d.params {
+                        r.params.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                    let o = self.options_for(&d, opts, deadline);
+                    async move {
+                        let out = pipeline::transcription(r, &o).await;
+                        ticket.settle(0);
+                        (out, Settle::Now(Some(0)))
+                    }
+                },
+            )
             .await;
         settle_call(call_ticket, &out, 0);
         out
@@ -937,19 +996,27 @@ impl Router {
         }
         let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
         let out = self
-            .route(&group, tags, 0, timeout, false, |d, deadline, ticket| {
-                let mut r = req.clone();
-                r.model = d.model.clone();
-                for (k, v) in &d.params {
-                    r.params.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-                let o = self.options_for(&d, opts, deadline);
-                async move {
-                    let out = pipeline::image_edit(r, &o).await;
-                    ticket.settle(0);
-                    (out, Settle::Now(Some(0)))
-                }
-            })
+            .route(
+                &group,
+                tags,
+                opts.allowed_groups.as_deref(),
+                0,
+                timeout,
+                false,
+                |d, deadline, ticket| {
+                    let mut r = req.clone();
+                    r.model = d.model.clone();
+                    for (k, v) in &d.params {
+                        r.params.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                    let o = self.options_for(&d, opts, deadline);
+                    async move {
+                        let out = pipeline::image_edit(r, &o).await;
+                        ticket.settle(0);
+                        (out, Settle::Now(Some(0)))
+                    }
+                },
+            )
             .await;
         settle_call(call_ticket, &out, 0);
         out

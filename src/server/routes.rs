@@ -845,7 +845,7 @@ async fn model_call(
             Some(_) => return ctx.fail(&bad("'input' must be a string or a list")),
         },
     };
-    let call = match parse_call(body, &live) {
+    let mut call = match parse_call(body, &live) {
         Ok(c) => c,
         Err(e) => return ctx.fail(&e),
     };
@@ -869,6 +869,9 @@ async fn model_call(
                 call.model
             ),
         ));
+    }
+    if let Principal::Key(k) = &who {
+        call.opts.allowed_groups = k.models.clone();
     }
     // Mocked answers and forced failures feed cooldowns and fallbacks: the operator's only.
     let mocked =
@@ -1332,6 +1335,10 @@ async fn upload_call(
     let info = ticket.info();
     let opts = CallOptions {
         drop_params: live.drop_params,
+        allowed_groups: match &who {
+            Principal::Key(k) => k.models.clone(),
+            Principal::Open | Principal::Master => None,
+        },
         ..CallOptions::default()
     };
     // The server's upload limit, never the client's.
