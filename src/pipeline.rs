@@ -88,6 +88,9 @@ pub struct CallOptions {
     pub deployment_id: Option<String>,
     /// Model groups this caller may use (`None`: all); the router's fallbacks keep to them.
     pub allowed_groups: Option<Vec<String>>,
+    /// `(input, output)` USD per token that price this call instead of the price table (a
+    /// deployment's own prices).
+    pub price_override: Option<(f64, f64)>,
 }
 
 impl Default for CallOptions {
@@ -108,6 +111,7 @@ impl Default for CallOptions {
             model_group: None,
             deployment_id: None,
             allowed_groups: None,
+            price_override: None,
         }
     }
 }
@@ -702,11 +706,16 @@ async fn exchange<T: Priced>(
         Ok((response, attempts)) => {
             let mut meta = CallMeta::new(route, started);
             meta.attempts = attempts;
-            meta.cost = price(
-                route.provider,
-                [&route.model, response.model()],
-                response.usage(),
-            );
+            meta.cost = match (opts.price_override, response.usage()) {
+                (Some((i, o)), Some(u)) => {
+                    Some(u.prompt_tokens as f64 * i + u.completion_tokens as f64 * o)
+                }
+                _ => price(
+                    route.provider,
+                    [&route.model, response.model()],
+                    response.usage(),
+                ),
+            };
             Ok(Completed {
                 response,
                 meta,

@@ -718,3 +718,29 @@ def test_hardening(fake, tmp_path, monkeypatch_module):
         metrics = urllib.request.urlopen(f"{g.url}/metrics").read().decode()
         assert "made-up-xyz" not in metrics
         assert raw(g, "POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": MSGS})[0] == 200
+
+
+def test_global_budget_and_request_log(fake, tmp_path, monkeypatch_module):
+    log = tmp_path / "requests.jsonl"
+    path = tmp_path / "c.yaml"
+    priced = f"""
+  - model_name: priced
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: {fake.base_url}
+      api_key: os.environ/LLMUX_TEST_UPSTREAM_KEY
+      input_cost_per_token: 0.00001
+      output_cost_per_token: 0.00001"""
+    extra = "litellm_settings:\n  max_budget: 0.0004\n  budget_duration: 1d\n"
+    write_config(path, fake, {}, models=priced, extra=extra)
+    path.write_text(path.read_text().replace("server:\n", f"server:\n  request_log: {log}\n", 1))
+    with Gateway(path) as g:
+        c = client(g)
+        c.chat.completions.create(model="priced", messages=MSGS)  # $0.00025
+        c.chat.completions.create(model="priced", messages=MSGS)  # $0.0005 spent now
+        with pytest.raises(openai.BadRequestError, match="Budget has been exceeded"):
+            c.chat.completions.create(model="priced", messages=MSGS)
+        lines = [json.loads(x) for x in log.read_text().splitlines()]
+        assert len(lines) >= 2 and lines[0]["request"]["messages"][0]["content"] == "hello there"
+        text = log.read_text()
+        assert UPSTREAM_KEY not in text and MASTER not in text

@@ -50,6 +50,8 @@ pub struct ServerSettings {
     pub access_log: bool,
     /// Fetch image URLs in messages even when they point at private or local addresses.
     pub allow_private_image_urls: bool,
+    /// Append one redacted JSON line per chat call to this file.
+    pub request_log: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +66,7 @@ impl Default for ServerSettings {
             watch_interval: Some(Duration::from_secs(1)),
             access_log: false,
             allow_private_image_urls: false,
+            request_log: None,
         }
     }
 }
@@ -211,6 +214,8 @@ pub struct GatewayConfig {
     pub telemetry: Option<OtlpConfig>,
     /// Python callbacks to load (`litellm_settings.callbacks`: `module.attribute` names).
     pub callbacks: Vec<String>,
+    /// The gateway's global budget (`litellm_settings.max_budget` per `budget_duration`).
+    pub global_budget: Option<(f64, Duration)>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -240,6 +245,8 @@ const LITELLM_KEYS: &[&str] = &[
     "set_verbose",
     "json_logs",
     "callbacks",
+    "max_budget",
+    "budget_duration",
 ];
 
 const GENERAL_KEYS: &[&str] = &["master_key", "max_request_size_mb"];
@@ -273,6 +280,7 @@ const SERVER_KEYS: &[&str] = &[
     "watch_interval",
     "access_log",
     "allow_private_image_urls",
+    "request_log",
 ];
 
 const CACHE_KEYS: &[&str] = &["type", "mode", "ttl", "namespace", "max_entries"];
@@ -562,6 +570,7 @@ fn server_settings(m: &Map<String, Value>) -> Result<ServerSettings> {
     if let Some(b) = opt_bool(m, "allow_private_image_urls", p)? {
         s.allow_private_image_urls = b;
     }
+    s.request_log = opt_string(m, "request_log", p)?.map(std::path::PathBuf::from);
     Ok(s)
 }
 
@@ -600,7 +609,11 @@ impl GatewayConfig {
         let mut debug_logs = false;
         let mut cache = None;
         let mut callbacks = Vec::new();
+        let mut global_budget = None;
         if let Some(l) = litellm {
+            if let (Some(max), window) = budget(l, "litellm_settings")? {
+                global_budget = Some((max, window));
+            }
             callbacks = match l.get("callbacks") {
                 None | Some(Value::Null) => Vec::new(),
                 Some(Value::String(s)) => vec![s.clone()],
@@ -784,6 +797,7 @@ impl GatewayConfig {
             .transpose()?;
 
         Ok(GatewayConfig {
+            global_budget,
             callbacks,
             telemetry,
             deployments,

@@ -427,6 +427,7 @@ impl Router {
         o.endpoint = merge_endpoint(&d.endpoint, &base.endpoint);
         o.num_retries = 0;
         o.model_group = Some(d.group.clone());
+        o.price_override = d.price_override;
         o.deployment_id = Some(d.id.clone());
         // The router admits calls itself (its `rate_limit` and deployment limits).
         o.admission = None;

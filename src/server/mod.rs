@@ -38,7 +38,7 @@ use crate::config::file::{CacheConfig, GatewayConfig, ServerSettings, TeamBudget
 use crate::config::{self, SharedState};
 use crate::error::{Error, Result};
 use crate::hooks;
-use crate::hooks::builtin::SpendLedger;
+use crate::hooks::builtin::{BudgetHook, BudgetScope, RequestLog, SpendLedger};
 use crate::limiter::{FailPolicy, RateLimitConfig};
 use crate::router::Router;
 use crate::telemetry::otlp::OtlpLayer;
@@ -71,6 +71,9 @@ pub struct Live {
     pub loaded_at: SystemTime,
 }
 
+/// The global budget's settings (max USD, window) and its hook.
+type GlobalBudget = (f64, Duration, Arc<dyn hooks::Hook>);
+
 /// The gateway: the live config and what outlives reloads.
 pub struct Gateway {
     live: RwLock<Arc<Live>>,
@@ -88,6 +91,8 @@ pub struct Gateway {
     file_digest: Mutex<Option<[u8; 32]>>,
     pub last_reload_error: Mutex<Option<String>>,
     cache_cfg: Mutex<Option<(CacheConfig, Arc<CacheHook>)>>,
+    budget_cfg: Mutex<Option<GlobalBudget>>,
+    log_cfg: Mutex<Option<(PathBuf, Arc<dyn hooks::Hook>)>>,
     hook_loader: Option<HookLoader>,
     pub shutting_down: AtomicBool,
 }
@@ -149,6 +154,8 @@ impl Gateway {
             file_digest: Mutex::new(None),
             last_reload_error: Mutex::new(None),
             cache_cfg: Mutex::new(None),
+            budget_cfg: Mutex::new(None),
+            log_cfg: Mutex::new(None),
             hook_loader,
             shutting_down: AtomicBool::new(false),
         };
@@ -203,6 +210,40 @@ impl Gateway {
         Some(hook)
     }
 
+    /// The global budget hook, kept (with its spend) while its settings do not change.
+    fn budget_hook(&self, max: f64, window: Duration) -> Arc<dyn hooks::Hook> {
+        let mut slot = self
+            .budget_cfg
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((m, w, hook)) = slot.as_ref() {
+            if *m == max && *w == window {
+                return hook.clone();
+            }
+        }
+        let hook: Arc<dyn hooks::Hook> = Arc::new(match &self.shared.redis {
+            Some(pool) => {
+                BudgetHook::redis(max, window, BudgetScope::Global, pool.clone(), "llmux")
+            }
+            None => BudgetHook::local(max, window, BudgetScope::Global),
+        });
+        *slot = Some((max, window, hook.clone()));
+        hook
+    }
+
+    /// The request log hook for `path`, kept open across reloads.
+    fn request_log(&self, path: &std::path::Path) -> Result<Arc<dyn hooks::Hook>> {
+        let mut slot = self.log_cfg.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((p, hook)) = slot.as_ref() {
+            if p == path {
+                return Ok(hook.clone());
+            }
+        }
+        let hook: Arc<dyn hooks::Hook> = Arc::new(RequestLog::open(path)?);
+        *slot = Some((path.to_owned(), hook.clone()));
+        Ok(hook)
+    }
+
     fn build_live(&self, cfg: GatewayConfig) -> Result<Live> {
         let placement =
             config::limit_placement(cfg.rate_limit.as_ref(), cfg.rate_limit_explicit_local);
@@ -237,6 +278,13 @@ impl Gateway {
                 ));
             };
             all.extend(load(&cfg.callbacks)?);
+        }
+        if let Some((max, window)) = cfg.global_budget {
+            let hook = self.budget_hook(max, window);
+            all.push(hook);
+        }
+        if let Some(path) = &cfg.server.request_log {
+            all.push(self.request_log(path)?);
         }
         let cache = self.cache_hook(cfg.cache.as_ref());
         if let Some(c) = &cache {
