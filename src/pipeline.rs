@@ -892,28 +892,28 @@ async fn embedding_call(
     .await
 }
 
+/// Admits a call that counts as one request and reserves no tokens, when the call has limits.
+async fn admit_request(
+    opts: &CallOptions,
+    params: &Map<String, Value>,
+    model: &str,
+) -> Result<limiter::Ticket> {
+    match &opts.admission {
+        Some(admission) => admission
+            .admit_request(&request_id(), &caller_of(params, opts), model)
+            .await
+            .map_err(|e| denied(e, model)),
+        None => Ok(limiter::Ticket::none()),
+    }
+}
+
 /// Image generation: one request, priced per image from the price table.
 pub async fn image_generation(
     req: ImageRequest,
     opts: &CallOptions,
 ) -> Result<Completed<ImageResponse>> {
-    let ticket = match &opts.admission {
-        // Images count as requests; they reserve no tokens.
-        Some(admission) => {
-            let caller = caller_of(&req.params, opts);
-            limiter::admit(
-                &admission.limiter,
-                limiter::Demand {
-                    request_id: request_id(),
-                    scopes: vec![admission.config.scope_for(&caller, &req.model)],
-                    tokens: 0,
-                },
-            )
-            .await
-            .map_err(|e| denied(e, &req.model))?
-        }
-        None => limiter::Ticket::none(),
-    };
+    // Images count as requests; they reserve no tokens.
+    let ticket = admit_request(opts, &req.params, &req.model).await?;
     let out = image_call(req, opts).await;
     ticket.settle(0);
     out
@@ -967,22 +967,7 @@ pub async fn speech(req: SpeechRequest, opts: &CallOptions) -> Result<(BinaryStr
         .dialect
         .speech_request(&route, &req, &extras(opts))
         .map_err(|e| e.with_context(route.provider, &route.model))?;
-    let ticket = match &opts.admission {
-        Some(admission) => {
-            let caller = caller_of(&req.params, opts);
-            limiter::admit(
-                &admission.limiter,
-                limiter::Demand {
-                    request_id: request_id(),
-                    scopes: vec![admission.config.scope_for(&caller, &req.model)],
-                    tokens: 0,
-                },
-            )
-            .await
-            .map_err(|e| denied(e, &req.model))?
-        }
-        None => limiter::Ticket::none(),
-    };
+    let ticket = admit_request(opts, &req.params, &req.model).await?;
     let result = with_retries(opts, started, || send(&route, &prepared, None)).await;
     ticket.settle(0);
     match result {

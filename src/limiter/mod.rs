@@ -829,6 +829,24 @@ impl Admission {
         .await
     }
 
+    /// Admits a request that counts as one and reserves no tokens (images, audio).
+    pub async fn admit_request(
+        &self,
+        request_id: &str,
+        caller: &Caller,
+        model: &str,
+    ) -> Result<Ticket> {
+        admit(
+            &self.limiter,
+            Demand {
+                request_id: request_id.to_owned(),
+                scopes: vec![self.config.scope_for(caller, model)],
+                tokens: 0,
+            },
+        )
+        .await
+    }
+
     /// Admits an embedding request by `caller`.
     pub async fn admit_embedding(
         &self,

@@ -859,168 +859,105 @@ impl Router {
         out
     }
 
-    /// A routed image generation: retries, fallbacks and cooldowns as for chat; an image
-    /// request counts toward a deployment's rpm and reserves no tokens.
+    /// A routed call that counts as one request and reserves no tokens (images, audio):
+    /// retries, fallbacks and cooldowns as for chat. `call` makes one attempt with the
+    /// deployment's model, parameters and options.
+    async fn route_request<R, T, F, Fut>(
+        &self,
+        req: R,
+        opts: &CallOptions,
+        tags: &[String],
+        call: F,
+    ) -> Result<Routed<T>>
+    where
+        R: Routable,
+        F: Fn(R, CallOptions) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let group = req.model().to_owned();
+        let timeout = self.timeout_for(opts);
+        if !self.group_exists(&group) {
+            return Err(unknown_group(&group));
+        }
+        let call_ticket = self.admit_call(opts, req.params(), &group, 0).await?;
+        let out = self
+            .route(
+                &group,
+                tags,
+                opts.allowed_groups.as_deref(),
+                0,
+                timeout,
+                false,
+                |d, deadline, ticket| {
+                    let mut r = req.clone();
+                    r.set_model(d.model.clone());
+                    for (k, v) in &d.params {
+                        r.params_mut().entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                    let attempt = call(r, self.options_for(&d, opts, deadline));
+                    async move {
+                        let out = attempt.await;
+                        ticket.settle(0);
+                        (out, Settle::Now(Some(0)))
+                    }
+                },
+            )
+            .await;
+        settle_call(call_ticket, &out, 0);
+        out
+    }
+
+    /// A routed image generation; an image counts toward a deployment's rpm.
     pub async fn image_generation(
         &self,
         req: ImageRequest,
         opts: &CallOptions,
         tags: &[String],
     ) -> Result<Routed<Completed<ImageResponse>>> {
-        let group = req.model.clone();
-        let timeout = self.timeout_for(opts);
-        if !self.group_exists(&group) {
-            return Err(unknown_group(&group));
-        }
-        let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
-        let out = self
-            .route(
-                &group,
-                tags,
-                opts.allowed_groups.as_deref(),
-                0,
-                timeout,
-                false,
-                |d, deadline, ticket| {
-                    let mut r = req.clone();
-                    r.model = d.model.clone();
-                    for (k, v) in &d.params {
-                        r.params.entry(k.clone()).or_insert_with(|| v.clone());
-                    }
-                    let o = self.options_for(&d, opts, deadline);
-                    async move {
-                        let out = pipeline::image_generation(r, &o).await;
-                        ticket.settle(0);
-                        (out, Settle::Now(Some(0)))
-                    }
-                },
-            )
-            .await;
-        settle_call(call_ticket, &out, 0);
-        out
+        self.route_request(req, opts, tags, |r, o| async move {
+            pipeline::image_generation(r, &o).await
+        })
+        .await
     }
 
     /// Routed text to speech: retried and fallen back until the upstream answers with audio;
-    /// the body then streams from that deployment. Counts as a request, reserves no tokens.
+    /// the body then streams from that deployment.
     pub async fn speech(
         &self,
         req: SpeechRequest,
         opts: &CallOptions,
         tags: &[String],
     ) -> Result<Routed<(BinaryStream, CallMeta)>> {
-        let group = req.model.clone();
-        let timeout = self.timeout_for(opts);
-        if !self.group_exists(&group) {
-            return Err(unknown_group(&group));
-        }
-        let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
-        let out = self
-            .route(
-                &group,
-                tags,
-                opts.allowed_groups.as_deref(),
-                0,
-                timeout,
-                false,
-                |d, deadline, ticket| {
-                    let mut r = req.clone();
-                    r.model = d.model.clone();
-                    for (k, v) in &d.params {
-                        r.params.entry(k.clone()).or_insert_with(|| v.clone());
-                    }
-                    let o = self.options_for(&d, opts, deadline);
-                    async move {
-                        let out = pipeline::speech(r, &o).await;
-                        ticket.settle(0);
-                        (out, Settle::Now(Some(0)))
-                    }
-                },
-            )
-            .await;
-        settle_call(call_ticket, &out, 0);
-        out
+        self.route_request(req, opts, tags, |r, o| async move {
+            pipeline::speech(r, &o).await
+        })
+        .await
     }
 
-    /// A routed transcription: retried and fallen back like any call (the file is sent again
-    /// from disk on each attempt). Counts as a request, reserves no tokens.
+    /// A routed transcription (the file is sent again from disk on each attempt).
     pub async fn transcription(
         &self,
         req: TranscriptionRequest,
         opts: &CallOptions,
         tags: &[String],
     ) -> Result<Routed<Completed<TranscriptionResponse>>> {
-        let group = req.model.clone();
-        let timeout = self.timeout_for(opts);
-        if !self.group_exists(&group) {
-            return Err(unknown_group(&group));
-        }
-        let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
-        let out = self
-            .route(
-                &group,
-                tags,
-                opts.allowed_groups.as_deref(),
-                0,
-                timeout,
-                false,
-                |d, deadline, ticket| {
-                    let mut r = req.clone();
-                    r.model = d.model.clone();
-                    for (k, v) in &d.params {
-                        r.params.entry(k.clone()).or_insert_with(|| v.clone());
-                    }
-                    let o = self.options_for(&d, opts, deadline);
-                    async move {
-                        let out = pipeline::transcription(r, &o).await;
-                        ticket.settle(0);
-                        (out, Settle::Now(Some(0)))
-                    }
-                },
-            )
-            .await;
-        settle_call(call_ticket, &out, 0);
-        out
+        self.route_request(req, opts, tags, |r, o| async move {
+            pipeline::transcription(r, &o).await
+        })
+        .await
     }
 
-    /// A routed image edit (retried and fallen back like generations; files are sent again
-    /// from disk on each attempt).
+    /// A routed image edit (files are sent again from disk on each attempt).
     pub async fn image_edit(
         &self,
         req: ImageEditRequest,
         opts: &CallOptions,
         tags: &[String],
     ) -> Result<Routed<Completed<ImageResponse>>> {
-        let group = req.model.clone();
-        let timeout = self.timeout_for(opts);
-        if !self.group_exists(&group) {
-            return Err(unknown_group(&group));
-        }
-        let call_ticket = self.admit_call(opts, &req.params, &group, 0).await?;
-        let out = self
-            .route(
-                &group,
-                tags,
-                opts.allowed_groups.as_deref(),
-                0,
-                timeout,
-                false,
-                |d, deadline, ticket| {
-                    let mut r = req.clone();
-                    r.model = d.model.clone();
-                    for (k, v) in &d.params {
-                        r.params.entry(k.clone()).or_insert_with(|| v.clone());
-                    }
-                    let o = self.options_for(&d, opts, deadline);
-                    async move {
-                        let out = pipeline::image_edit(r, &o).await;
-                        ticket.settle(0);
-                        (out, Settle::Now(Some(0)))
-                    }
-                },
-            )
-            .await;
-        settle_call(call_ticket, &out, 0);
-        out
+        self.route_request(req, opts, tags, |r, o| async move {
+            pipeline::image_edit(r, &o).await
+        })
+        .await
     }
 
     fn timeout_for(&self, opts: &CallOptions) -> Duration {
@@ -1042,6 +979,41 @@ pub fn reprice(meta: &mut CallMeta, usage: Option<&Usage>, (input, output): (f64
         meta.cost = Some(u.prompt_tokens as f64 * input + u.completion_tokens as f64 * output);
     }
 }
+
+/// A request routed by [`Router::route_request`]: its model names the group, and each attempt
+/// takes the deployment's model and parameters.
+trait Routable: Clone {
+    fn model(&self) -> &str;
+    fn set_model(&mut self, model: String);
+    fn params(&self) -> &Map<String, Value>;
+    fn params_mut(&mut self) -> &mut Map<String, Value>;
+}
+
+macro_rules! routable {
+    ($($t:ty),*) => {$(
+        impl Routable for $t {
+            fn model(&self) -> &str {
+                &self.model
+            }
+            fn set_model(&mut self, model: String) {
+                self.model = model;
+            }
+            fn params(&self) -> &Map<String, Value> {
+                &self.params
+            }
+            fn params_mut(&mut self) -> &mut Map<String, Value> {
+                &mut self.params
+            }
+        }
+    )*};
+}
+
+routable!(
+    ImageRequest,
+    SpeechRequest,
+    TranscriptionRequest,
+    ImageEditRequest
+);
 
 fn unknown_group(group: &str) -> Error {
     Error::bad_request(format!(

@@ -33,7 +33,8 @@ use crate::error::{Error, ErrorKind};
 use crate::limiter::{
     self, Caller, Demand, Denial, FailPolicy, Limited as Which, Rate, RateInfo, ScopeLimits, Ticket,
 };
-use crate::pipeline::{self, CallMeta, CallOptions, Mock};
+use crate::pipeline::{self, CallMeta, CallOptions, Completed, Mock};
+use crate::router::Routed;
 use crate::streaming::BinaryStream;
 use crate::types::{
     ChatRequest, EmbeddingRequest, FileSource, ImageEditRequest, ImageRequest, SpeechRequest,
@@ -773,16 +774,15 @@ fn settle(ticket: Ticket, e: Option<&Error>, used: u64) {
     }
 }
 
-async fn model_call(
-    gw: Arc<Gateway>,
-    req: Request<Incoming>,
+/// The context of a model call on `route`; the caller is known once [`Ctx::authenticate`] ran.
+fn new_ctx(
+    gw: &Arc<Gateway>,
+    live: &Arc<Live>,
     rid: String,
     route: &'static str,
     span: tracing::Span,
-) -> Response<Out> {
-    let _in_flight = InFlight::new(&gw);
-    let live = gw.live();
-    let mut ctx = Ctx {
+) -> Ctx {
+    Ctx {
         span,
         gw: gw.clone(),
         live: live.clone(),
@@ -792,14 +792,140 @@ async fn model_call(
         model: String::new(),
         who: String::new(),
         principal: Principal::Open,
+    }
+}
+
+impl Ctx {
+    /// Authenticates the request and notes the caller.
+    fn authenticate(
+        &mut self,
+        headers: &HeaderMap,
+    ) -> Result<(Principal, Option<[u8; 32]>), Error> {
+        let (who, digest) = auth::authenticate(&self.live, headers)?;
+        self.who = who.name().to_owned();
+        self.principal = who.clone();
+        self.span.record("llmux.key", self.who.as_str());
+        Ok((who, digest))
+    }
+}
+
+/// Refuses a model this gateway does not serve (404) or the caller may not use (403).
+fn check_model(live: &Live, who: &Principal, model: &str) -> Result<(), Error> {
+    if !live.groups.contains(model) {
+        return Err(ours(
+            ErrorKind::NotFound,
+            format!(
+                "The model '{model}' does not exist on this gateway (GET /v1/models lists the models)"
+            ),
+        )
+        .with_upstream_code(Some("model_not_found".into())));
+    }
+    if !who.allows(model) {
+        return Err(ours(
+            ErrorKind::PermissionDenied,
+            format!("API key '{}' may not use model '{model}'", who.name()),
+        ));
+    }
+    Ok(())
+}
+
+/// Admits a call against its limits; a refusal is already the answer (429, or 503 when the
+/// limiter cannot decide: Redis down under policy `closed`).
+async fn admit(ctx: &Ctx, demand: Demand, model: &str) -> Result<Ticket, Response<Out>> {
+    match limiter::admit_or_deny(&ctx.gw.shared.limiter, demand).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(denial)) => {
+            let (_, r) = denial_response(denial, model, &ctx.rid);
+            ctx.finish(429, "", None, None, None);
+            Err(r)
+        }
+        Err(e) => {
+            let mut e = e;
+            e.kind = ErrorKind::ServiceUnavailable;
+            e.status = Some(503);
+            Err(ctx.fail(&e))
+        }
+    }
+}
+
+/// The answer as JSON.
+fn as_json<T: serde::Serialize>(v: &T) -> Result<(Vec<u8>, &'static str), Error> {
+    serde_json::to_vec(v)
+        .map(|b| (b, "application/json"))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("cannot encode the answer: {e}"),
+            )
+        })
+}
+
+/// Answers a routed unary call: settles its admission (the tokens `usage` reports, else
+/// `reserved`; a failure refunds them), encodes the answer with `encode`, adds the routing and
+/// rate headers, and records the call.
+fn answer<T>(
+    ctx: &Ctx,
+    out: crate::Result<Routed<Completed<T>>>,
+    ticket: Ticket,
+    info: &RateInfo,
+    reserved: u64,
+    usage: impl FnOnce(&T) -> Option<Usage>,
+    encode: impl FnOnce(&T) -> Result<(Vec<u8>, &'static str), Error>,
+) -> Response<Out> {
+    let routed = match out {
+        Ok(r) => r,
+        Err(e) => {
+            settle(ticket, Some(&e), 0);
+            return ctx.fail(&e);
+        }
     };
-    let (who, digest) = match auth::authenticate(&live, req.headers()) {
+    let done = &routed.value;
+    let usage = usage(&done.response);
+    settle(
+        ticket,
+        None,
+        usage.as_ref().map_or(reserved, |u| u.total_tokens),
+    );
+    let (body, content_type) = match encode(&done.response) {
+        Ok(b) => b,
+        Err(e) => return ctx.fail(&e),
+    };
+    let mut r = Response::new(Out::full(body));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    set(h, "x-request-id", &ctx.rid);
+    routing_headers(
+        h,
+        &routed.deployment_id,
+        routed.attempted_fallbacks,
+        done.meta.cost,
+        info,
+    );
+    ctx.answered_by(&done.meta, done.meta.cost);
+    ctx.finish(
+        200,
+        &routed.deployment_id,
+        usage.as_ref(),
+        done.meta.cost,
+        None,
+    );
+    r
+}
+
+async fn model_call(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    rid: String,
+    route: &'static str,
+    span: tracing::Span,
+) -> Response<Out> {
+    let _in_flight = InFlight::new(&gw);
+    let live = gw.live();
+    let mut ctx = new_ctx(&gw, &live, rid, route, span);
+    let (who, digest) = match ctx.authenticate(req.headers()) {
         Ok(a) => a,
         Err(e) => return ctx.fail(&e),
     };
-    ctx.who = who.name().to_owned();
-    ctx.principal = who.clone();
-    ctx.span.record("llmux.key", ctx.who.as_str());
     let body = match read_body(req, live.server.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return ctx.fail(&e),
@@ -849,26 +975,8 @@ async fn model_call(
         Ok(c) => c,
         Err(e) => return ctx.fail(&e),
     };
-    if !live.groups.contains(&call.model) {
-        let e = ours(
-            ErrorKind::NotFound,
-            format!(
-                "The model '{}' does not exist on this gateway (GET /v1/models lists the models)",
-                call.model
-            ),
-        )
-        .with_upstream_code(Some("model_not_found".into()));
+    if let Err(e) = check_model(&live, &who, &call.model) {
         return ctx.fail(&e);
-    }
-    if !who.allows(&call.model) {
-        return ctx.fail(&ours(
-            ErrorKind::PermissionDenied,
-            format!(
-                "API key '{}' may not use model '{}'",
-                who.name(),
-                call.model
-            ),
-        ));
     }
     if let Principal::Key(k) = &who {
         call.opts.allowed_groups = k.models.clone();
@@ -910,20 +1018,9 @@ async fn model_call(
         scopes,
         tokens,
     };
-    let ticket = match limiter::admit_or_deny(&gw.shared.limiter, demand).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(denial)) => {
-            let (_, r) = denial_response(denial, &call.model, &ctx.rid);
-            ctx.finish(429, "", None, None, None);
-            return r;
-        }
-        // The limiter could not decide (Redis down under policy `closed`).
-        Err(e) => {
-            let mut e = e;
-            e.kind = ErrorKind::ServiceUnavailable;
-            e.status = Some(503);
-            return ctx.fail(&e);
-        }
+    let ticket = match admit(&ctx, demand, &call.model).await {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let info = ticket.info();
     if route == "speech" {
@@ -958,35 +1055,11 @@ async fn model_call(
             prompt: input.as_str().unwrap_or_default().to_owned(),
             params: call.params,
         };
-        return match live
+        let out = live
             .router
             .image_generation(req, &call.opts, &call.tags)
-            .await
-        {
-            Ok(routed) => {
-                let done = &routed.value;
-                settle(ticket, None, 0);
-                let mut r = json_response(
-                    StatusCode::OK,
-                    &serde_json::to_value(&done.response).unwrap_or(Value::Null),
-                    &ctx.rid,
-                );
-                routing_headers(
-                    r.headers_mut(),
-                    &routed.deployment_id,
-                    routed.attempted_fallbacks,
-                    done.meta.cost,
-                    &info,
-                );
-                ctx.answered_by(&done.meta, done.meta.cost);
-                ctx.finish(200, &routed.deployment_id, None, done.meta.cost, None);
-                r
-            }
-            Err(e) => {
-                settle(ticket, Some(&e), 0);
-                ctx.fail(&e)
-            }
-        };
+            .await;
+        return answer(&ctx, out, ticket, &info, 0, |_| None, as_json);
     }
     if route == "embeddings" {
         let req = EmbeddingRequest {
@@ -994,42 +1067,16 @@ async fn model_call(
             input,
             params: call.params,
         };
-        return match live.router.embedding(req, &call.opts, &call.tags).await {
-            Ok(routed) => {
-                let done = &routed.value;
-                let usage = done.response.usage.clone();
-                settle(
-                    ticket,
-                    None,
-                    usage.as_ref().map_or(tokens, |u| u.total_tokens),
-                );
-                let mut r = json_response(
-                    StatusCode::OK,
-                    &serde_json::to_value(&done.response).unwrap_or(Value::Null),
-                    &ctx.rid,
-                );
-                routing_headers(
-                    r.headers_mut(),
-                    &routed.deployment_id,
-                    routed.attempted_fallbacks,
-                    done.meta.cost,
-                    &info,
-                );
-                ctx.answered_by(&done.meta, done.meta.cost);
-                ctx.finish(
-                    200,
-                    &routed.deployment_id,
-                    usage.as_ref(),
-                    done.meta.cost,
-                    None,
-                );
-                r
-            }
-            Err(e) => {
-                settle(ticket, Some(&e), 0);
-                ctx.fail(&e)
-            }
-        };
+        let out = live.router.embedding(req, &call.opts, &call.tags).await;
+        return answer(
+            &ctx,
+            out,
+            ticket,
+            &info,
+            tokens,
+            |r| r.usage.clone(),
+            as_json,
+        );
     }
     let req = ChatRequest {
         model: call.model.clone(),
@@ -1037,46 +1084,16 @@ async fn model_call(
         params: call.params,
     };
     if !call.stream {
-        return match live.router.completion(req, &call.opts, &call.tags).await {
-            Ok(routed) => {
-                let done = &routed.value;
-                let used = done.total_tokens().unwrap_or(tokens);
-                settle(ticket, None, used);
-                let body = match serde_json::to_vec(&done.response) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        return ctx.fail(&Error::new(
-                            ErrorKind::Internal,
-                            format!("cannot encode the answer: {e}"),
-                        ))
-                    }
-                };
-                let mut r = Response::new(Out::full(body));
-                let h = r.headers_mut();
-                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                set(h, "x-request-id", &ctx.rid);
-                routing_headers(
-                    h,
-                    &routed.deployment_id,
-                    routed.attempted_fallbacks,
-                    done.meta.cost,
-                    &info,
-                );
-                ctx.answered_by(&done.meta, done.meta.cost);
-                ctx.finish(
-                    200,
-                    &routed.deployment_id,
-                    done.response.usage.as_ref(),
-                    done.meta.cost,
-                    None,
-                );
-                r
-            }
-            Err(e) => {
-                settle(ticket, Some(&e), 0);
-                ctx.fail(&e)
-            }
-        };
+        let out = live.router.completion(req, &call.opts, &call.tags).await;
+        return answer(
+            &ctx,
+            out,
+            ticket,
+            &info,
+            tokens,
+            |r| r.usage.clone(),
+            as_json,
+        );
     }
     stream_call(ctx, req, call.opts, call.tags, ticket, info).await
 }
@@ -1232,23 +1249,11 @@ async fn upload_call(
 ) -> Response<Out> {
     let _in_flight = InFlight::new(&gw);
     let live = gw.live();
-    let mut ctx = Ctx {
-        span,
-        gw: gw.clone(),
-        live: live.clone(),
-        rid,
-        started: Instant::now(),
-        route,
-        model: String::new(),
-        who: String::new(),
-        principal: Principal::Open,
-    };
-    let (who, digest) = match auth::authenticate(&live, req.headers()) {
+    let mut ctx = new_ctx(&gw, &live, rid, route, span);
+    let (who, digest) = match ctx.authenticate(req.headers()) {
         Ok(a) => a,
         Err(e) => return ctx.fail(&e),
     };
-    ctx.who = who.name().to_owned();
-    ctx.principal = who.clone();
     let mut up = match read_upload(req, live.server.max_upload_bytes).await {
         Ok(u) => u,
         Err(e) => return ctx.fail(&e),
@@ -1281,20 +1286,8 @@ async fn upload_call(
             )));
         }
     }
-    if !live.groups.contains(&model) {
-        return ctx.fail(
-            &ours(
-                ErrorKind::NotFound,
-                format!("The model '{model}' does not exist on this gateway (GET /v1/models lists the models)"),
-            )
-            .with_upstream_code(Some("model_not_found".into())),
-        );
-    }
-    if !who.allows(&model) {
-        return ctx.fail(&ours(
-            ErrorKind::PermissionDenied,
-            format!("API key '{}' may not use model '{model}'", who.name()),
-        ));
+    if let Err(e) = check_model(&live, &who, &model) {
+        return ctx.fail(&e);
     }
     // An edit's prompt is required; a transcription's (a hint) goes upstream as a field.
     let prompt = if route == "images" {
@@ -1318,19 +1311,9 @@ async fn upload_call(
         scopes: scopes(&live, &who, digest.as_ref(), user.as_deref(), &model),
         tokens: 0,
     };
-    let ticket = match limiter::admit_or_deny(&gw.shared.limiter, demand).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(denial)) => {
-            let (_, r) = denial_response(denial, &model, &ctx.rid);
-            ctx.finish(429, "", None, None, None);
-            return r;
-        }
-        Err(e) => {
-            let mut e = e;
-            e.kind = ErrorKind::ServiceUnavailable;
-            e.status = Some(503);
-            return ctx.fail(&e);
-        }
+    let ticket = match admit(&ctx, demand, &model).await {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let info = ticket.info();
     let opts = CallOptions {
@@ -1369,31 +1352,7 @@ async fn upload_call(
         let out = live.router.image_edit(ereq, &opts, &[]).await;
         drop(files);
         drop(mask);
-        return match out {
-            Ok(routed) => {
-                settle(ticket, None, 0);
-                let done = &routed.value;
-                let mut r = json_response(
-                    StatusCode::OK,
-                    &serde_json::to_value(&done.response).unwrap_or(Value::Null),
-                    &ctx.rid,
-                );
-                routing_headers(
-                    r.headers_mut(),
-                    &routed.deployment_id,
-                    routed.attempted_fallbacks,
-                    done.meta.cost,
-                    &info,
-                );
-                ctx.answered_by(&done.meta, done.meta.cost);
-                ctx.finish(200, &routed.deployment_id, None, done.meta.cost, None);
-                r
-            }
-            Err(e) => {
-                settle(ticket, Some(&e), 0);
-                ctx.fail(&e)
-            }
-        };
+        return answer(&ctx, out, ticket, &info, 0, |_| None, as_json);
     }
     let plain = matches!(
         up.fields.get("response_format").and_then(Value::as_str),
@@ -1408,42 +1367,22 @@ async fn upload_call(
     };
     let out = live.router.transcription(treq, &opts, &[]).await;
     drop(files);
-    match out {
-        Ok(routed) => {
-            settle(ticket, None, 0);
-            let done = &routed.value;
-            // `text`, `srt` and `vtt` are answered as text, as OpenAI does.
-            let mut r = if plain {
-                let mut r = Response::new(Out::full(done.response.text.clone()));
-                r.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                set(r.headers_mut(), "x-request-id", &ctx.rid);
-                r
+    // `text`, `srt` and `vtt` are answered as text, as OpenAI does.
+    answer(
+        &ctx,
+        out,
+        ticket,
+        &info,
+        0,
+        |_| None,
+        |r| {
+            if plain {
+                Ok((r.text.clone().into_bytes(), "text/plain; charset=utf-8"))
             } else {
-                json_response(
-                    StatusCode::OK,
-                    &serde_json::to_value(&done.response).unwrap_or(Value::Null),
-                    &ctx.rid,
-                )
-            };
-            routing_headers(
-                r.headers_mut(),
-                &routed.deployment_id,
-                routed.attempted_fallbacks,
-                done.meta.cost,
-                &info,
-            );
-            ctx.answered_by(&done.meta, done.meta.cost);
-            ctx.finish(200, &routed.deployment_id, None, done.meta.cost, None);
-            r
-        }
-        Err(e) => {
-            settle(ticket, Some(&e), 0);
-            ctx.fail(&e)
-        }
-    }
+                as_json(r)
+            }
+        },
+    )
 }
 
 /// Streams an audio body to the client as it arrives. A gone client drops the upstream body;
