@@ -855,9 +855,23 @@ class Usage(_Base):
 # --------------------------------------------------------------------------------------
 
 
+def _adopt_into(obj: Any, d: dict, hidden: dict, response_ms: Optional[float]) -> None:
+    _osa(obj, "_d", d)
+    _osa(obj, "_hidden_params", hidden)
+    _osa(obj, "_response_ms", response_ms)
+    _osa(obj, "_response_headers", None)
+
+
 class _ResponseBase(_Base):
     __slots__ = ("_hidden_params", "_response_ms", "_response_headers")
     _PROPS = frozenset({"hidden_params"})
+
+    @classmethod
+    def _adopt(cls, d: dict, hidden: Optional[dict] = None, response_ms: Optional[float] = None) -> Any:
+        """An object over ``d`` (owned, already normalised) with its hidden params."""
+        obj = cls.__new__(cls)
+        _adopt_into(obj, d, hidden if hidden is not None else {}, response_ms)
+        return obj
 
     @property
     def hidden_params(self) -> dict:
@@ -1331,25 +1345,17 @@ class ImageResponse(_ResponseBase):
         items = [ImageObject._wrap(dict(_as_dict(x))) for x in (data or [])]
         d = {"created": created if created is not None else int(time.time()), "data": items, "usage": usage}
         d.update(params)
-        _osa(self, "_d", d)
-        _osa(self, "_hidden_params", hidden_params or {})
-        _osa(self, "_response_ms", response_ms)
-        _osa(self, "_response_headers", None)
+        _adopt_into(self, d, hidden_params or {}, response_ms)
 
     @classmethod
     def _from_native(
         cls, d: dict, hidden: Optional[dict] = None, response_ms: Optional[float] = None
     ) -> ImageResponse:
         """Wrap an OpenAI images response dict (owned)."""
-        obj = cls.__new__(cls)
         d.setdefault("created", int(time.time()))
         d.setdefault("data", [])
         d.setdefault("usage", None)
-        _osa(obj, "_d", d)
-        _osa(obj, "_hidden_params", hidden if hidden is not None else {})
-        _osa(obj, "_response_ms", response_ms)
-        _osa(obj, "_response_headers", None)
-        return obj
+        return cls._adopt(d, hidden, response_ms)
 
     @classmethod
     def _wrap(cls, d: dict):
@@ -1368,22 +1374,14 @@ class TranscriptionResponse(_ResponseBase):
     ) -> None:
         d = {"text": text}
         d.update(params)
-        _osa(self, "_d", d)
-        _osa(self, "_hidden_params", hidden_params or {})
-        _osa(self, "_response_ms", None)
-        _osa(self, "_response_headers", None)
+        _adopt_into(self, d, hidden_params or {}, None)
 
     @classmethod
     def _from_native(
         cls, d: dict, hidden: Optional[dict] = None, response_ms: Optional[float] = None
     ) -> TranscriptionResponse:
-        obj = cls.__new__(cls)
         d.setdefault("text", "")
-        _osa(obj, "_d", d)
-        _osa(obj, "_hidden_params", hidden if hidden is not None else {})
-        _osa(obj, "_response_ms", response_ms)
-        _osa(obj, "_response_headers", None)
-        return obj
+        return cls._adopt(d, hidden, response_ms)
 
     @classmethod
     def _wrap(cls, d: dict):

@@ -2249,6 +2249,14 @@ fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Option<Vec<FormPar
     }
 }
 
+/// The text of a form field that is not a file.
+fn form_text(parts: &[FormPart<'_>], name: &str) -> Option<String> {
+    parts
+        .iter()
+        .find(|(n, f, _)| n == name && f.is_none())
+        .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
+}
+
 /// `POST /v1/audio/transcriptions`: multipart with `file` and `model`; answers the text
 /// `"transcribed <bytes> bytes of <file name>"` as `json` (default), `verbose_json` (with
 /// `language` and `duration`), or plain `text`.
@@ -2261,12 +2269,7 @@ fn transcription(content_type: &str, body: &[u8]) -> Response<FakeBody> {
             None,
         );
     };
-    let text_field = |name: &str| {
-        parts
-            .iter()
-            .find(|(n, f, _)| n == name && f.is_none())
-            .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
-    };
+    let text_field = |name: &str| form_text(&parts, name);
     let Some((_, filename, data)) = parts.iter().find(|(n, _, _)| n == "file") else {
         return error_json(
             StatusCode::BAD_REQUEST,
@@ -2323,12 +2326,7 @@ fn image_edits(content_type: &str, body: &[u8]) -> Response<FakeBody> {
             None,
         );
     };
-    let text_field = |name: &str| {
-        parts
-            .iter()
-            .find(|(n, f, _)| n == name && f.is_none())
-            .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
-    };
+    let text_field = |name: &str| form_text(&parts, name);
     let Some(prompt) = text_field("prompt").filter(|p| !p.trim().is_empty()) else {
         return error_json(
             StatusCode::BAD_REQUEST,
