@@ -33,6 +33,7 @@ pub mod providers;
 pub mod redis;
 pub mod retry;
 pub mod router;
+pub mod spool;
 pub mod streaming;
 pub mod telemetry;
 pub mod types;

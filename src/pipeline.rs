@@ -1010,6 +1010,11 @@ async fn file_part(src: &FileSource, filename: &str) -> Result<reqwest::multipar
         FileSource::Bytes(b) => {
             Part::stream_with_length(reqwest::Body::from(b.clone()), b.len() as u64)
         }
+        // Still arriving, perhaps: sent as it is written, without a length (chunked).
+        FileSource::Spool(s) => match s.complete_len() {
+            Some(n) => Part::stream_with_length(reqwest::Body::wrap_stream(s.stream()), n),
+            None => Part::stream(reqwest::Body::wrap_stream(s.stream())),
+        },
     };
     Ok(part.file_name(filename.to_owned()))
 }
@@ -1071,10 +1076,15 @@ where
 }
 
 /// Checks an upload's size against `max_upload_bytes` (a request parameter, removed; default
-/// [`DEFAULT_MAX_UPLOAD_BYTES`]).
-async fn upload_size(src: &FileSource, limit: u64, what: &str) -> Result<u64> {
+/// [`DEFAULT_MAX_UPLOAD_BYTES`]). A spool still being written is not checked here: its writer
+/// holds it to the limit as it arrives.
+async fn upload_size(src: &FileSource, limit: u64, what: &str) -> Result<()> {
     let size = match src {
         FileSource::Bytes(b) => b.len() as u64,
+        FileSource::Spool(s) => match s.complete_len() {
+            Some(n) => n,
+            None => return Ok(()),
+        },
         FileSource::Path(p) => tokio::fs::metadata(p)
             .await
             .map_err(|e| {
@@ -1091,7 +1101,7 @@ async fn upload_size(src: &FileSource, limit: u64, what: &str) -> Result<u64> {
         ))
         .with_status(413));
     }
-    Ok(size)
+    Ok(())
 }
 
 fn upload_limit(params: &mut Map<String, Value>) -> Result<u64> {
@@ -1182,6 +1192,7 @@ fn wav_seconds(head: &[u8]) -> Option<f64> {
 async fn audio_head(file: &FileSource) -> Vec<u8> {
     match file {
         FileSource::Bytes(b) => b[..b.len().min(44)].to_vec(),
+        FileSource::Spool(s) => s.head(44).await.unwrap_or_default(),
         FileSource::Path(p) => {
             use tokio::io::AsyncReadExt;
             let mut head = vec![0u8; 44];

@@ -242,3 +242,117 @@ def test_azure_and_groq_transcription(fake, clip, key, model, extra, path):
     assert st["last_path"].startswith(path)
     if model.startswith("groq"):
         assert st["last_headers"]["authorization"] == "Bearer gsk-test"
+
+
+def _multipart(boundary: str, fields: dict[str, str]) -> bytes:
+    return b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+
+
+def _file_head(boundary: str, name: str) -> bytes:
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+
+
+def test_gateway_streams_an_upload_through(fake, key, tmp_path):
+    """The upstream receives the first half of the audio while the client still holds back the
+    second: the gateway sends the upload on as it arrives. A retry reads the whole file again;
+    fields sent after the file are honoured; a client that leaves mid-upload costs nothing."""
+    import time
+
+    import httpx
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"""
+model_list:
+  - model_name: ears
+    litellm_params:
+      model: openai/whisper-1
+      api_base: "{fake.base_url}"
+      api_key: sk-up
+      extra_headers: {{x-fake-key: "{key}"}}
+  - model_name: flaky-ears
+    litellm_params:
+      model: openai/whisper-1
+      api_base: "{fake.base_url}"
+      api_key: sk-up
+      extra_headers: {{x-fake-key: "{key}-flaky", x-fake-status: "500", x-fake-fail-times: "1"}}
+litellm_settings:
+  num_retries: 1
+"""
+    )
+    half = 1024 * 1024
+    boundary = "llmuxtestboundary"
+    audio = wav(0.1) + bytes(2 * half)
+
+    def upload(model: str, wait_for: str | None, trailing: dict[str, str] | None = None):
+        yield _multipart(boundary, {"model": model}) + _file_head(boundary, "s.wav")
+        yield audio[:half]
+        if wait_for is not None:
+            deadline = time.monotonic() + 10
+            while fake.stats(wait_for)["upload_bytes"] < half:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the upstream saw none of the upload before the client finished")
+                time.sleep(0.02)
+        yield audio[half:] + b"\r\n"
+        yield _multipart(boundary, trailing or {}) + f"--{boundary}--\r\n".encode()
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    with Gateway(path) as g, httpx.Client(base_url=g.base_url, timeout=30) as c:
+        r = c.post("/audio/transcriptions", content=upload("ears", key), headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["text"] == f"transcribed {len(audio)} bytes of s.wav"
+        assert fake.stats(key)["requests"] == 1
+
+        # The first attempt fails; the retry sends the whole file again, from the start.
+        r = c.post("/audio/transcriptions", content=upload("flaky-ears", None), headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["text"] == f"transcribed {len(audio)} bytes of s.wav"
+        assert fake.stats(f"{key}-flaky")["requests"] == 2
+
+        # A field after the file still counts (here: answer as plain text).
+        r = c.post(
+            "/audio/transcriptions",
+            content=upload("ears", None, {"response_format": "text"}),
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/plain")
+        assert r.text.strip() == f"transcribed {len(audio)} bytes of s.wav"
+
+    # A client that goes away mid-upload: the upstream request is ended (not left waiting for
+    # the rest), and the gateway keeps serving.
+    with Gateway(path) as g:
+        import socket
+        from urllib.parse import urlparse
+
+        u = urlparse(g.base_url)
+        before = fake.stats(key)
+        s = socket.create_connection((u.hostname, u.port))
+        head = _multipart(boundary, {"model": "ears"}) + _file_head(boundary, "s.wav")
+        s.sendall(
+            (
+                "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                f"Content-Length: {len(head) + len(audio) + 100}\r\n\r\n"
+            ).encode()
+            + head
+            + audio[:half]
+        )
+        deadline = time.monotonic() + 10
+        while fake.stats(key)["upload_bytes"] - before["upload_bytes"] < half:
+            assert time.monotonic() < deadline, "the upload did not reach the upstream"
+            time.sleep(0.02)
+        s.close()
+        deadline = time.monotonic() + 10
+        while fake.stats(key)["requests"] == before["requests"]:
+            assert time.monotonic() < deadline, "the upstream request was left waiting for the rest"
+            time.sleep(0.02)
+        with httpx.Client(base_url=g.base_url, timeout=30) as c:
+            r = c.post("/audio/transcriptions", content=upload("ears", None), headers=headers)
+            assert r.status_code == 200, r.text

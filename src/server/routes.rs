@@ -35,6 +35,7 @@ use crate::limiter::{
 };
 use crate::pipeline::{self, CallMeta, CallOptions, Completed, Mock};
 use crate::router::Routed;
+use crate::spool;
 use crate::streaming::BinaryStream;
 use crate::types::{
     ChatRequest, EmbeddingRequest, FileSource, ImageEditRequest, ImageRequest, SpeechRequest,
@@ -568,13 +569,7 @@ fn parse_call(mut body: Map<String, Value>, live: &Live) -> Result<Parsed, Error
         None | Some(Value::Null) => return Err(bad("'model' is required")),
         Some(_) => return Err(bad("'model' must be a string naming a model")),
     };
-    for k in CLIENT_CREDENTIALS {
-        if body.get(*k).is_some_and(|v| !v.is_null()) {
-            return Err(bad(format!(
-                "'{k}' may not be set by clients: this gateway sends requests only to its configured deployments"
-            )));
-        }
-    }
+    refuse_credentials(&body)?;
     let stream = match body.remove("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => b,
@@ -1118,128 +1113,223 @@ fn routing_headers(
 /// The longest text field of a multipart form.
 const MAX_FORM_FIELD: usize = 64 * 1024;
 
-/// Creates a spool file readable by this user only.
-fn spool_file(path: &std::path::Path) -> std::io::Result<tokio::fs::File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path).map(tokio::fs::File::from_std)
+/// A multipart request body being read, part by part, with the server's upload limit.
+struct Form {
+    parts: multer::Multipart<'static>,
+    /// File bytes read so far, over all parts.
+    total: u64,
+    max: u64,
 }
 
-/// An uploaded file spooled to disk, removed when dropped.
-struct Spooled(std::path::PathBuf);
+/// One part of a form: a text field (read whole, capped) or a file (not read yet).
+enum Part {
+    Text(String, String),
+    File {
+        name: String,
+        filename: String,
+        field: Box<multer::Field<'static>>,
+    },
+}
 
-impl Drop for Spooled {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+fn malformed(e: &multer::Error) -> Error {
+    bad(format!("the multipart body is malformed: {e}"))
+}
+
+fn spool_error(e: &std::io::Error) -> Error {
+    Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
+}
+
+impl Form {
+    fn open(req: Request<Incoming>, max: u64) -> Result<Self, Error> {
+        use futures_util::StreamExt;
+        let ct = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let boundary = multer::parse_boundary(&ct)
+            .map_err(|_| bad("the request must be multipart/form-data, with its files as parts"))?;
+        let body = http_body_util::BodyStream::new(req.into_body())
+            .filter_map(|f| async move { f.map(|f| f.into_data().ok()).transpose() });
+        Ok(Self {
+            parts: multer::Multipart::new(body, boundary),
+            total: 0,
+            max,
+        })
+    }
+
+    async fn next(&mut self) -> Result<Option<Part>, Error> {
+        let Some(mut field) = self.parts.next_field().await.map_err(|e| malformed(&e))? else {
+            return Ok(None);
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        if field.file_name().is_some()
+            || matches!(name.as_str(), "file" | "image" | "image[]" | "mask")
+        {
+            let filename = field.file_name().unwrap_or("upload").to_owned();
+            return Ok(Some(Part::File {
+                name,
+                filename,
+                field: Box::new(field),
+            }));
+        }
+        // Text fields are small: read with a cap, never whole.
+        let mut raw = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(|e| malformed(&e))? {
+            if raw.len() + chunk.len() > MAX_FORM_FIELD {
+                return Err(bad(format!(
+                    "form field '{name}' is longer than {MAX_FORM_FIELD} bytes"
+                )));
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8(raw)
+            .map_err(|_| bad(format!("form field '{name}' is not UTF-8 text")))?;
+        Ok(Some(Part::Text(name, text)))
+    }
+
+    /// Writes a file part to `out` as it arrives, held to the upload limit.
+    async fn copy(
+        &mut self,
+        mut field: multer::Field<'static>,
+        out: &mut spool::SpoolWriter,
+    ) -> Result<(), Error> {
+        while let Some(chunk) = field.chunk().await.map_err(|e| malformed(&e))? {
+            self.total += chunk.len() as u64;
+            if self.total > self.max {
+                return Err(bad(format!(
+                    "the upload is over the limit of {} bytes (server.max_upload_bytes)",
+                    self.max
+                ))
+                .with_status(413));
+            }
+            out.write(&chunk).await.map_err(|e| spool_error(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Spools a file part whole.
+    async fn spool(&mut self, field: multer::Field<'static>) -> Result<spool::Spool, Error> {
+        let (mut w, s) = spool::create(&std::env::temp_dir(), &pipeline::request_id())
+            .map_err(|e| spool_error(&e))?;
+        self.copy(field, &mut w).await?;
+        w.finish();
+        Ok(s)
     }
 }
 
-/// The form of a transcription upload: its text fields, and the file spooled to disk as it
-/// arrives (memory stays flat; the file can be sent again on a retry).
+/// Puts a text field in `fields`; `name[]` fields make a list.
+fn put_field(fields: &mut Map<String, Value>, name: String, text: String) {
+    match name.strip_suffix("[]") {
+        Some(list) => {
+            let entry = fields
+                .entry(list.to_owned())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(a) = entry {
+                a.push(Value::String(text));
+            }
+        }
+        None => {
+            fields.insert(name, Value::String(text));
+        }
+    }
+}
+
+/// Refuses a request that names its own upstream or credentials.
+fn refuse_credentials(fields: &Map<String, Value>) -> Result<(), Error> {
+    for k in CLIENT_CREDENTIALS {
+        if fields.get(*k).is_some_and(|v| !v.is_null()) {
+            return Err(bad(format!(
+                "'{k}' may not be set by clients: this gateway sends requests only to its configured deployments"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The form of an upload: its text fields and its files, spooled to disk.
+#[derive(Default)]
 struct Upload {
     fields: Map<String, Value>,
-    /// `(form field, spooled file, file name)` of every file part.
-    files: Vec<(String, Spooled, String)>,
+    /// `(form field, spool, file name)` of every file part.
+    files: Vec<(String, spool::Spool, String)>,
 }
 
 impl Upload {
-    fn take(&mut self, field: &str) -> Vec<(Spooled, String)> {
+    fn take(&mut self, field: &str) -> Vec<(spool::Spool, String)> {
         let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.files)
             .into_iter()
             .partition(|(f, _, _)| f == field);
         self.files = rest;
         mine.into_iter().map(|(_, s, n)| (s, n)).collect()
     }
-}
 
-async fn read_upload(req: Request<Incoming>, max: u64) -> Result<Upload, Error> {
-    use futures_util::StreamExt;
-    use tokio::io::AsyncWriteExt;
-
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let boundary = multer::parse_boundary(&ct)
-        .map_err(|_| bad("the request must be multipart/form-data, with its files as parts"))?;
-    let body = http_body_util::BodyStream::new(req.into_body())
-        .filter_map(|f| async move { f.map(|f| f.into_data().ok()).transpose() });
-    let mut form = multer::Multipart::new(body, boundary);
-    let mut up = Upload {
-        fields: Map::new(),
-        files: Vec::new(),
-    };
-    let mut total: u64 = 0;
-    let broken = |e: multer::Error| bad(format!("the multipart body is malformed: {e}"));
-    while let Some(mut field) = form.next_field().await.map_err(broken)? {
-        let name = field.name().unwrap_or_default().to_owned();
-        if field.file_name().is_some()
-            || matches!(name.as_str(), "file" | "image" | "image[]" | "mask")
-        {
-            let filename = field.file_name().unwrap_or("upload").to_owned();
-            let path =
-                std::env::temp_dir().join(format!("llmux-upload-{}", pipeline::request_id()));
-            let spooled = Spooled(path.clone());
-            let mut f = spool_file(&path).map_err(|e| {
-                Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
-            })?;
-            while let Some(chunk) = field.chunk().await.map_err(broken)? {
-                total += chunk.len() as u64;
-                if total > max {
-                    return Err(bad(format!(
-                        "the upload is over the limit of {max} bytes (server.max_upload_bytes)"
-                    ))
-                    .with_status(413));
-                }
-                f.write_all(&chunk).await.map_err(|e| {
-                    Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
-                })?;
-            }
-            f.flush().await.map_err(|e| {
-                Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
-            })?;
-            up.files.push((name, spooled, filename));
-        } else {
-            // Text fields are small: read with a cap, never whole.
-            let mut raw = Vec::new();
-            while let Some(chunk) = field.chunk().await.map_err(broken)? {
-                if raw.len() + chunk.len() > MAX_FORM_FIELD {
-                    return Err(bad(format!(
-                        "form field '{name}' is longer than {MAX_FORM_FIELD} bytes"
-                    )));
-                }
-                raw.extend_from_slice(&chunk);
-            }
-            let text = String::from_utf8(raw)
-                .map_err(|_| bad(format!("form field '{name}' is not UTF-8 text")))?;
-            match name.strip_suffix("[]") {
-                Some(list) => {
-                    let entry = up
-                        .fields
-                        .entry(list.to_owned())
-                        .or_insert_with(|| Value::Array(Vec::new()));
-                    if let Value::Array(a) = entry {
-                        a.push(Value::String(text));
-                    }
-                }
-                None => {
-                    up.fields.insert(name, Value::String(text));
+    /// Reads the rest of `form`, spooling each file whole.
+    async fn read_rest(&mut self, form: &mut Form) -> Result<(), Error> {
+        while let Some(part) = form.next().await? {
+            match part {
+                Part::Text(name, text) => put_field(&mut self.fields, name, text),
+                Part::File {
+                    name,
+                    filename,
+                    field,
+                } => {
+                    let s = form.spool(*field).await?;
+                    self.files.push((name, s, filename));
                 }
             }
         }
+        Ok(())
     }
-    Ok(up)
 }
 
-/// `POST /v1/audio/transcriptions` and `/v1/images/edits`: the upload is spooled to disk, then
-/// routed like any call.
+/// A transcription's audio that is still arriving: the form, the file part being read, and
+/// the spool it goes to.
+struct Arriving {
+    form: Form,
+    field: Box<multer::Field<'static>>,
+    writer: spool::SpoolWriter,
+}
+
+impl Arriving {
+    /// Reads the file to its end, then the rest of the form; the text fields that came after
+    /// the file. The spool is finished as soon as the file is whole, or failed with the error.
+    async fn finish(self) -> Result<Map<String, Value>, Error> {
+        let Self {
+            mut form,
+            field,
+            mut writer,
+        } = self;
+        if let Err(e) = form.copy(*field, &mut writer).await {
+            writer.fail(e.message.clone());
+            return Err(e);
+        }
+        if writer.written() == 0 {
+            writer.fail("the file is empty");
+            return Err(bad("'file' is empty"));
+        }
+        writer.finish();
+        let mut trailing = Map::new();
+        while let Some(part) = form.next().await? {
+            match part {
+                Part::Text(name, text) => put_field(&mut trailing, name, text),
+                Part::File { name, .. } => {
+                    return Err(bad(format!(
+                        "a transcription takes one file; '{name}' is another"
+                    )))
+                }
+            }
+        }
+        Ok(trailing)
+    }
+}
+
+/// `POST /v1/audio/transcriptions` and `/v1/images/edits`. A transcription whose `model` comes
+/// before its file (as the OpenAI SDKs send it) is streamed through: the call starts as the
+/// file starts arriving, and the upstream reads it from the spool as it is written. Anything
+/// else (image edits, a model named after the file) is spooled whole first. Either way memory
+/// stays flat and a retry or a fallback reads the file again from disk.
 async fn upload_call(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
@@ -1254,10 +1344,52 @@ async fn upload_call(
         Ok(a) => a,
         Err(e) => return ctx.fail(&e),
     };
-    let mut up = match read_upload(req, live.server.max_upload_bytes).await {
-        Ok(u) => u,
+    let mut form = match Form::open(req, live.server.max_upload_bytes) {
+        Ok(f) => f,
         Err(e) => return ctx.fail(&e),
     };
+    let mut up = Upload::default();
+    // The text fields before the first file.
+    let first = loop {
+        match form.next().await {
+            Err(e) => return ctx.fail(&e),
+            Ok(None) => break None,
+            Ok(Some(Part::Text(name, text))) => put_field(&mut up.fields, name, text),
+            Ok(Some(Part::File {
+                name,
+                filename,
+                field,
+            })) => break Some((name, filename, field)),
+        }
+    };
+    let mut arriving = None;
+    match first {
+        Some((name, filename, field))
+            if route == "transcriptions" && name == "file" && up.fields.contains_key("model") =>
+        {
+            let (writer, s) = match spool::create(&std::env::temp_dir(), &pipeline::request_id()) {
+                Ok(w) => w,
+                Err(e) => return ctx.fail(&spool_error(&e)),
+            };
+            up.files.push((name, s, filename));
+            arriving = Some(Arriving {
+                form,
+                field,
+                writer,
+            });
+        }
+        Some((name, filename, field)) => {
+            let s = match form.spool(*field).await {
+                Ok(s) => s,
+                Err(e) => return ctx.fail(&e),
+            };
+            up.files.push((name, s, filename));
+            if let Err(e) = up.read_rest(&mut form).await {
+                return ctx.fail(&e);
+            }
+        }
+        None => {}
+    }
     let (files, mask) = if route == "transcriptions" {
         (up.take("file"), None)
     } else {
@@ -1279,12 +1411,8 @@ async fn upload_call(
     };
     ctx.model = model.clone();
     ctx.span.record("gen_ai.request.model", model.as_str());
-    for k in CLIENT_CREDENTIALS {
-        if up.fields.contains_key(*k) {
-            return ctx.fail(&bad(format!(
-                "'{k}' may not be set by clients: this gateway sends requests only to its configured deployments"
-            )));
-        }
+    if let Err(e) = refuse_credentials(&up.fields) {
+        return ctx.fail(&e);
     }
     if let Err(e) = check_model(&live, &who, &model) {
         return ctx.fail(&e);
@@ -1341,33 +1469,56 @@ async fn upload_call(
             model: model.clone(),
             prompt,
             images: files
-                .iter()
-                .map(|(s, n)| (FileSource::Path(s.0.clone()), n.clone()))
+                .into_iter()
+                .map(|(s, n)| (FileSource::Spool(s), n))
                 .collect(),
-            mask: mask
-                .as_ref()
-                .map(|(s, n)| (FileSource::Path(s.0.clone()), n.clone())),
+            mask: mask.map(|(s, n)| (FileSource::Spool(s), n)),
             params: up.fields,
         };
         let out = live.router.image_edit(ereq, &opts, &[]).await;
-        drop(files);
-        drop(mask);
         return answer(&ctx, out, ticket, &info, 0, |_| None, as_json);
     }
-    let plain = matches!(
-        up.fields.get("response_format").and_then(Value::as_str),
-        Some("text" | "srt" | "vtt")
-    );
-    let (file, filename) = &files[0];
-    let treq = TranscriptionRequest {
+    let Some((file, filename)) = files.into_iter().next() else {
+        return ctx.fail(&bad("'file' is required"));
+    };
+    let mut treq = TranscriptionRequest {
         model: model.clone(),
-        file: FileSource::Path(file.0.clone()),
-        filename: filename.clone(),
+        file: FileSource::Spool(file),
+        filename,
         params: up.fields,
     };
-    let out = live.router.transcription(treq, &opts, &[]).await;
-    drop(files);
+    let out = match arriving {
+        None => live.router.transcription(treq.clone(), &opts, &[]).await,
+        Some(arriving) => {
+            let mut call = Box::pin(live.router.transcription(treq.clone(), &opts, &[]));
+            let upload = arriving.finish();
+            tokio::pin!(upload);
+            tokio::select! {
+                biased;
+                rest = &mut upload => match rest {
+                    Err(e) => return ctx.fail(&e),
+                    Ok(trailing) if trailing.is_empty() => call.await,
+                    Ok(trailing) => {
+                        // Fields after the file: the call already sent lacks them, so it is
+                        // dropped and made again with the whole form (the file is on disk).
+                        drop(call);
+                        if let Err(e) = refuse_credentials(&trailing) {
+                            return ctx.fail(&e);
+                        }
+                        treq.params.extend(trailing);
+                        live.router.transcription(treq.clone(), &opts, &[]).await
+                    }
+                },
+                // Answered before the upload was over (an upstream that refused it early).
+                out = &mut call => out,
+            }
+        }
+    };
     // `text`, `srt` and `vtt` are answered as text, as OpenAI does.
+    let plain = matches!(
+        treq.params.get("response_format").and_then(Value::as_str),
+        Some("text" | "srt" | "vtt")
+    );
     answer(
         &ctx,
         out,

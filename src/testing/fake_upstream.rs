@@ -121,6 +121,9 @@ pub struct KeyStats {
     pub last_headers: BTreeMap<String, String>,
     /// Path and query of the last request.
     pub last_path: Option<String>,
+    /// Bytes of multipart request bodies received, counted as they arrive (so a test can see
+    /// an upload reach the upstream while it is still being sent).
+    pub upload_bytes: u64,
 }
 
 #[derive(Default)]
@@ -131,6 +134,7 @@ struct KeyState {
     last_body: Option<Bytes>,
     last_headers: Option<HeaderMap>,
     last_uri: Option<Uri>,
+    upload_bytes: u64,
 }
 
 /// Shared state of a fake upstream: per-key counters and the completion id counter.
@@ -160,7 +164,7 @@ impl FakeUpstream {
 
     /// Snapshot of the counters of `key` (all zero if the key was never seen).
     pub fn stats(&self, key: &str) -> KeyStats {
-        let (requests, completed, aborted, body, headers, uri) = {
+        let (requests, completed, aborted, body, headers, uri, upload_bytes) = {
             let map = self.lock();
             match map.get(key) {
                 None => return KeyStats::default(),
@@ -171,6 +175,7 @@ impl FakeUpstream {
                     k.last_body.clone(),
                     k.last_headers.clone(),
                     k.last_uri.clone(),
+                    k.upload_bytes,
                 ),
             }
         };
@@ -203,7 +208,18 @@ impl FakeUpstream {
                 u.path_and_query()
                     .map_or_else(|| u.path().to_owned(), |pq| pq.as_str().to_owned())
             }),
+            upload_bytes,
         }
+    }
+
+    /// Counts `n` more bytes of an upload arriving for `key`.
+    fn receiving(&self, key: &str, n: usize) {
+        let mut map = self.lock();
+        let entry = match map.get_mut(key) {
+            Some(e) => e,
+            None => map.entry(Arc::from(key)).or_default(),
+        };
+        entry.upload_bytes += n as u64;
     }
 
     /// Serves on `listener` with this state until `shutdown` resolves.
@@ -692,6 +708,18 @@ fn file_response(path: &str) -> Response<FakeBody> {
     }
 }
 
+/// Reads an upload frame by frame, counting its bytes for the key as they arrive.
+async fn read_counted(state: &FakeUpstream, key: &str, mut body: Incoming) -> Option<Bytes> {
+    let mut all = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            state.receiving(key, data.len());
+            all.extend_from_slice(&data);
+        }
+    }
+    Some(Bytes::from(all))
+}
+
 fn strip_v1(path: &str) -> &str {
     match path.strip_prefix("/v1") {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
@@ -758,11 +786,6 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
     }
 
     let controls = Controls::from_headers(&parts.headers);
-    // A body that fails mid-upload is treated as empty (and then as invalid JSON).
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
     let key = controls
         .key
         .as_ref()
@@ -774,6 +797,15 @@ async fn handle(state: Arc<FakeUpstream>, req: Request<Incoming>) -> Response<Fa
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    // A body that fails mid-upload is treated as empty (and then as invalid JSON).
+    let body = if content_type.starts_with("multipart/") {
+        read_counted(&state, &key, body).await.unwrap_or_default()
+    } else {
+        match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
+        }
+    };
     let host = parts
         .headers
         .get(hyper::header::HOST)

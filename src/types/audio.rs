@@ -17,11 +17,13 @@ pub struct SpeechRequest {
 }
 
 /// An uploaded file (transcription audio, an image to edit): a file on disk (streamed, never
-/// loaded whole) or bytes already in memory.
+/// loaded whole), bytes already in memory, or a spool file that may still be arriving (the
+/// gateway's uploads, sent on while the client is still sending).
 #[derive(Debug, Clone)]
 pub enum FileSource {
     Path(PathBuf),
     Bytes(Bytes),
+    Spool(crate::spool::Spool),
 }
 
 /// A transcription request: the caller's model name, the audio, its file name (the upstream
