@@ -28,8 +28,8 @@ use crate::retry::{decide, Backoff, Decision};
 use crate::streaming::{BinaryStream, ChatStream};
 use crate::types::{
     unix_now, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, EmbeddingRequest,
-    EmbeddingResponse, FileSource, ImageEditRequest, ImageRequest, ImageResponse, Message,
-    SpeechRequest, TranscriptionRequest, TranscriptionResponse, Usage,
+    EmbeddingResponse, FileSource, ImageEditRequest, ImageRequest, ImageResponse, Media,
+    MediaEstimate, Message, SpeechRequest, TranscriptionRequest, TranscriptionResponse, Usage,
 };
 
 /// LiteLLM's default request timeout.
@@ -131,6 +131,8 @@ pub struct CallMeta {
     pub cost: Option<f64>,
     /// The answer came from the response cache.
     pub cache_hit: bool,
+    /// Images made or seconds of audio, for an image or audio call (what its limits count).
+    pub media: Option<Media>,
 }
 
 /// Prices a call: by the route's model name, else the model the upstream reports.
@@ -157,6 +159,7 @@ impl CallMeta {
             started,
             cost: None,
             cache_hit: false,
+            media: None,
         }
     }
 
@@ -174,6 +177,7 @@ impl CallMeta {
             started,
             cost: None,
             cache_hit: false,
+            media: None,
         }
     }
 
@@ -892,19 +896,30 @@ async fn embedding_call(
     .await
 }
 
-/// Admits a call that counts as one request and reserves no tokens, when the call has limits.
-async fn admit_request(
+/// Admits an image or audio call, when the call has limits: one request, and the tokens its
+/// estimate counts for under the limits' [`limiter::MediaWeights`].
+async fn admit_media(
     opts: &CallOptions,
     params: &Map<String, Value>,
     model: &str,
+    estimate: Media,
 ) -> Result<limiter::Ticket> {
     match &opts.admission {
         Some(admission) => admission
-            .admit_request(&request_id(), &caller_of(params, opts), model)
+            .admit_media(&request_id(), &caller_of(params, opts), model, estimate)
             .await
             .map_err(|e| denied(e, model)),
         None => Ok(limiter::Ticket::none()),
     }
+}
+
+/// Settles a media call's admission with what it consumed (nothing, if it failed).
+fn settle_media(opts: &CallOptions, ticket: limiter::Ticket, meta: Option<&CallMeta>) {
+    let used = match (&opts.admission, meta.and_then(|m| m.media)) {
+        (Some(a), Some(m)) => a.config.media.tokens(m),
+        _ => 0,
+    };
+    ticket.settle(used);
 }
 
 /// Image generation: one request, priced per image from the price table.
@@ -912,10 +927,9 @@ pub async fn image_generation(
     req: ImageRequest,
     opts: &CallOptions,
 ) -> Result<Completed<ImageResponse>> {
-    // Images count as requests; they reserve no tokens.
-    let ticket = admit_request(opts, &req.params, &req.model).await?;
+    let ticket = admit_media(opts, &req.params, &req.model, req.media_estimate()).await?;
     let out = image_call(req, opts).await;
-    ticket.settle(0);
+    settle_media(opts, ticket, out.as_ref().ok().map(|d| &d.meta));
     out
 }
 
@@ -947,6 +961,10 @@ async fn image_call(req: ImageRequest, opts: &CallOptions) -> Result<Completed<I
         req.quality(),
         n,
     );
+    done.meta.media = Some(Media {
+        images: n,
+        seconds: 0.0,
+    });
     Ok(done)
 }
 
@@ -967,12 +985,14 @@ pub async fn speech(req: SpeechRequest, opts: &CallOptions) -> Result<(BinaryStr
         .dialect
         .speech_request(&route, &req, &extras(opts))
         .map_err(|e| e.with_context(route.provider, &route.model))?;
-    let ticket = admit_request(opts, &req.params, &req.model).await?;
+    let ticket = admit_media(opts, &req.params, &req.model, req.media_estimate()).await?;
     let result = with_retries(opts, started, || send(&route, &prepared, None)).await;
-    ticket.settle(0);
+    // The audio's length is estimated from the input (its body is not read here).
+    let mut meta = CallMeta::new(&route, started);
+    meta.media = Some(req.media_estimate());
+    settle_media(opts, ticket, result.is_ok().then_some(&meta));
     match result {
         Ok((resp, attempts)) => {
-            let mut meta = CallMeta::new(&route, started);
             meta.attempts = attempts;
             meta.cost = pricing::speech_cost(Some(route.provider), &route.model, &req.input);
             let idle = opts.stream_timeout.unwrap_or(opts.timeout);
@@ -1114,8 +1134,18 @@ fn upload_limit(params: &mut Map<String, Value>) -> Result<u64> {
 }
 
 /// Image edits (`images/edits`): the prompt and the image(s), plus a mask, as multipart
-/// streamed from disk; priced per image like generations.
+/// streamed from disk; priced and limited per image like generations.
 pub async fn image_edit(
+    req: ImageEditRequest,
+    opts: &CallOptions,
+) -> Result<Completed<ImageResponse>> {
+    let ticket = admit_media(opts, &req.params, &req.model, req.media_estimate()).await?;
+    let out = image_edit_call(req, opts).await;
+    settle_media(opts, ticket, out.as_ref().ok().map(|d| &d.meta));
+    out
+}
+
+async fn image_edit_call(
     req: ImageEditRequest,
     opts: &CallOptions,
 ) -> Result<Completed<ImageResponse>> {
@@ -1172,6 +1202,10 @@ pub async fn image_edit(
     let size = req.params.get("size").and_then(Value::as_str);
     let quality = req.params.get("quality").and_then(Value::as_str);
     meta.cost = pricing::image_cost(Some(route.provider), &route.model, size, quality, n);
+    meta.media = Some(Media {
+        images: n,
+        seconds: 0.0,
+    });
     Ok(Completed {
         response,
         meta,
@@ -1211,9 +1245,20 @@ async fn audio_head(file: &FileSource) -> Vec<u8> {
 /// Speech to text. The file is sent as multipart/form-data streamed from disk (memory stays
 /// flat whatever its size), again on each retry; a file over `max_upload_bytes` (default
 /// [`DEFAULT_MAX_UPLOAD_BYTES`]) is refused before anything is sent. `text`, `srt` and `vtt`
-/// answers come back as the `text` of the response. The cost is per second of audio, from the
-/// answer's `duration` or a WAV header.
+/// answers come back as the `text` of the response. The cost, and what the call counts
+/// toward limits, is per second of audio: from the answer's `duration` (or `usage.seconds`),
+/// else a WAV header. The seconds are charged once known, after the answer.
 pub async fn transcription(
+    req: TranscriptionRequest,
+    opts: &CallOptions,
+) -> Result<Completed<TranscriptionResponse>> {
+    let ticket = admit_media(opts, &req.params, &req.model, req.media_estimate()).await?;
+    let out = transcription_call(req, opts).await;
+    settle_media(opts, ticket, out.as_ref().ok().map(|d| &d.meta));
+    out
+}
+
+async fn transcription_call(
     req: TranscriptionRequest,
     opts: &CallOptions,
 ) -> Result<Completed<TranscriptionResponse>> {
@@ -1259,12 +1304,21 @@ pub async fn transcription(
         Ok((response, attempts)) => {
             let mut meta = CallMeta::new(&route, started);
             meta.attempts = attempts;
-            let seconds = match response.extra.get("duration").and_then(Value::as_f64) {
+            let told = response
+                .extra
+                .get("duration")
+                .or_else(|| response.extra.get("usage").and_then(|u| u.get("seconds")))
+                .and_then(Value::as_f64);
+            let seconds = match told {
                 Some(d) => Some(d),
                 None => wav_seconds(&audio_head(&req.file).await),
             };
             meta.cost = seconds
                 .and_then(|s| pricing::transcription_cost(Some(route.provider), &route.model, s));
+            meta.media = Some(Media {
+                images: 0,
+                seconds: seconds.unwrap_or(0.0),
+            });
             Ok(Completed {
                 response,
                 meta,

@@ -229,7 +229,9 @@ def set_rate_limit(config: Optional[Dict[str, Any]], redis: Optional[Dict[str, A
     ``rate_limit`` block: ``requests_per_minute``, ``tokens_per_minute``,
     ``max_parallel_requests``, ``request_burst``, ``token_burst``, ``key_strategy``
     (``api_key`` | ``user`` | ``model`` | ``api_key_model`` | ``team``), ``distributed`` and
-    ``on_redis_failure`` (``open`` | ``closed`` | ``local``). ``redis`` (or a ``redis`` entry in
+    ``on_redis_failure`` (``open`` | ``closed`` | ``local``), and ``tokens_per_image`` /
+    ``tokens_per_audio_second`` (how images and audio count toward token limits; 0, the
+    default, counts them only as requests). ``redis`` (or a ``redis`` entry in
     ``config``) is where distributed limits live: ``url``, or ``host``/``port``/``password``/
     ``db``/``tls``, or ``cluster_nodes``, or ``sentinel: {master_name, nodes}``. A call over a
     limit raises ``RateLimitError`` with the time to wait, before reaching the provider."""

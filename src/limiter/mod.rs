@@ -603,6 +603,33 @@ pub struct RateLimitConfig {
     pub token_burst: Option<u64>,
     pub key_strategy: KeyStrategy,
     pub on_redis_failure: FailPolicy,
+    /// How images and audio count toward token limits (0: only as requests).
+    pub media: MediaWeights,
+}
+
+/// How images and seconds of audio count toward token limits (`rate_limit.tokens_per_image`,
+/// `rate_limit.tokens_per_audio_second`): each image, each second of audio, counts as that
+/// many tokens against every tpm that applies to the call (the `rate_limit` scope, a virtual
+/// key's, a deployment's). Zero (the default): media calls count only as requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaWeights {
+    pub tokens_per_image: u64,
+    pub tokens_per_audio_second: u64,
+}
+
+impl MediaWeights {
+    /// The tokens `m` counts for; a started second counts whole.
+    pub fn tokens(&self, m: crate::types::Media) -> u64 {
+        let seconds = if m.seconds.is_finite() && m.seconds > 0.0 {
+            // Saturating: a huge duration counts as the most there is.
+            m.seconds.ceil() as u64
+        } else {
+            0
+        };
+        m.images
+            .saturating_mul(self.tokens_per_image)
+            .saturating_add(seconds.saturating_mul(self.tokens_per_audio_second))
+    }
 }
 
 impl Default for RateLimitConfig {
@@ -617,12 +644,13 @@ impl Default for RateLimitConfig {
             token_burst: None,
             key_strategy: KeyStrategy::ApiKey,
             on_redis_failure: FailPolicy::Local,
+            media: MediaWeights::default(),
         }
     }
 }
 
 impl RateLimitConfig {
-    pub const KEYS: [&'static str; 9] = [
+    pub const KEYS: [&'static str; 11] = [
         "enabled",
         "distributed",
         "requests_per_minute",
@@ -632,6 +660,8 @@ impl RateLimitConfig {
         "token_burst",
         "key_strategy",
         "on_redis_failure",
+        "tokens_per_image",
+        "tokens_per_audio_second",
     ];
 
     /// Reads the block; an unknown key or a value of the wrong type is an `invalid_config`
@@ -655,6 +685,8 @@ impl RateLimitConfig {
                 "token_burst" => c.token_burst = Some(positive(k, val)?),
                 "key_strategy" => c.key_strategy = KeyStrategy::parse(text(k, val)?)?,
                 "on_redis_failure" => c.on_redis_failure = FailPolicy::parse(text(k, val)?)?,
+                "tokens_per_image" => c.media.tokens_per_image = count(k, val)?,
+                "tokens_per_audio_second" => c.media.tokens_per_audio_second = count(k, val)?,
                 other => {
                     return Err(Error::invalid_config(format!(
                         "rate_limit.{other}: unknown key (known: {})",
@@ -829,19 +861,21 @@ impl Admission {
         .await
     }
 
-    /// Admits a request that counts as one and reserves no tokens (images, audio).
-    pub async fn admit_request(
+    /// Admits an image or audio call: one request, reserving the tokens its estimate counts
+    /// for (see [`MediaWeights`]).
+    pub async fn admit_media(
         &self,
         request_id: &str,
         caller: &Caller,
         model: &str,
+        estimate: crate::types::Media,
     ) -> Result<Ticket> {
         admit(
             &self.limiter,
             Demand {
                 request_id: request_id.to_owned(),
                 scopes: vec![self.config.scope_for(caller, model)],
-                tokens: 0,
+                tokens: self.config.media.tokens(estimate),
             },
         )
         .await
@@ -891,6 +925,54 @@ mod tests {
             scopes,
             tokens,
         }
+    }
+
+    #[test]
+    fn media_counts_as_configured_tokens() {
+        use crate::types::Media;
+        let c = RateLimitConfig::from_json(&json!({
+            "tokens_per_minute": 10000, "tokens_per_image": 1000, "tokens_per_audio_second": 50
+        }))
+        .unwrap();
+        let m = c.media;
+        assert_eq!(
+            m.tokens(Media {
+                images: 3,
+                seconds: 0.0
+            }),
+            3000
+        );
+        // A started second counts whole.
+        assert_eq!(
+            m.tokens(Media {
+                images: 0,
+                seconds: 2.1
+            }),
+            150
+        );
+        assert_eq!(
+            m.tokens(Media {
+                images: 1,
+                seconds: f64::NAN
+            }),
+            1000
+        );
+        assert_eq!(
+            m.tokens(Media {
+                images: u64::MAX,
+                seconds: 1e300
+            }),
+            u64::MAX
+        );
+        // Unset: media count only as requests.
+        assert_eq!(
+            MediaWeights::default().tokens(Media {
+                images: 4,
+                seconds: 9.0
+            }),
+            0
+        );
+        assert!(RateLimitConfig::from_json(&json!({"tokens_per_image": -1})).is_err());
     }
 
     #[test]

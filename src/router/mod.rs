@@ -27,14 +27,17 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::limiter::{self, Demand, Rate, RateLimitConfig, RateLimiter, ScopeLimits, Ticket};
+use crate::limiter::{
+    self, Demand, MediaWeights, Rate, RateLimitConfig, RateLimiter, ScopeLimits, Ticket,
+};
 use crate::pipeline::{self, CallMeta, CallOptions, Completed, Mock};
 use crate::providers::Endpoint;
 use crate::retry::Backoff;
 use crate::streaming::{BinaryStream, ChatStream};
 use crate::types::{
     ChatCompletion, ChatRequest, EmbeddingRequest, EmbeddingResponse, ImageEditRequest,
-    ImageRequest, ImageResponse, SpeechRequest, TranscriptionRequest, TranscriptionResponse, Usage,
+    ImageRequest, ImageResponse, Media, MediaEstimate, SpeechRequest, TranscriptionRequest,
+    TranscriptionResponse, Usage,
 };
 use budget::{BudgetSnapshot, RetryBudget};
 use stats::{ClusterStats, DeploymentStats, Outcome};
@@ -129,6 +132,8 @@ pub struct Router {
     limiter: Arc<dyn RateLimiter>,
     /// Limits on every call through the router, by caller (`rate_limit`).
     request_limits: Option<RateLimitConfig>,
+    /// How images and audio count toward tpm limits (`rate_limit.tokens_per_*`).
+    media: MediaWeights,
 }
 
 /// When an attempt's stats are settled: now (with its tokens), or by the attempt itself later
@@ -193,6 +198,7 @@ impl Router {
             budget,
             limiter: Arc::new(limiter::LocalLimiter::new()),
             request_limits: None,
+            media: MediaWeights::default(),
         })
     }
 
@@ -204,7 +210,15 @@ impl Router {
         request_limits: Option<RateLimitConfig>,
     ) -> Self {
         self.limiter = limiter;
+        self.media = request_limits.as_ref().map(|c| c.media).unwrap_or_default();
         self.request_limits = request_limits.filter(RateLimitConfig::is_active);
+        self
+    }
+
+    /// Counts images and audio toward tpm limits with `media` (set by [`Router::with_limits`]
+    /// from its `rate_limit`; this sets it alone, for a caller that admits calls itself).
+    pub fn with_media(mut self, media: MediaWeights) -> Self {
+        self.media = media;
         self
     }
 
@@ -859,9 +873,11 @@ impl Router {
         out
     }
 
-    /// A routed call that counts as one request and reserves no tokens (images, audio):
-    /// retries, fallbacks and cooldowns as for chat. `call` makes one attempt with the
-    /// deployment's model, parameters and options.
+    /// A routed image or audio call: one request, plus the tokens its images or seconds of
+    /// audio count for (`rate_limit.tokens_per_image` / `tokens_per_audio_second`), reserved
+    /// from the request's estimate and settled with what the answer says; retries, fallbacks
+    /// and cooldowns as for chat. `call` makes one attempt with the deployment's model,
+    /// parameters and options.
     async fn route_request<R, T, F, Fut>(
         &self,
         req: R,
@@ -870,7 +886,8 @@ impl Router {
         call: F,
     ) -> Result<Routed<T>>
     where
-        R: Routable,
+        R: Routable + MediaEstimate,
+        T: Metered,
         F: Fn(R, CallOptions) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
@@ -879,13 +896,17 @@ impl Router {
         if !self.group_exists(&group) {
             return Err(unknown_group(&group));
         }
-        let call_ticket = self.admit_call(opts, req.params(), &group, 0).await?;
+        let media = self.media;
+        let estimate = media.tokens(req.media_estimate());
+        let call_ticket = self
+            .admit_call(opts, req.params(), &group, estimate)
+            .await?;
         let out = self
             .route(
                 &group,
                 tags,
                 opts.allowed_groups.as_deref(),
-                0,
+                estimate,
                 timeout,
                 false,
                 |d, deadline, ticket| {
@@ -897,13 +918,23 @@ impl Router {
                     let attempt = call(r, self.options_for(&d, opts, deadline));
                     async move {
                         let out = attempt.await;
-                        ticket.settle(0);
-                        (out, Settle::Now(Some(0)))
+                        let used = out
+                            .as_ref()
+                            .ok()
+                            .and_then(Metered::media)
+                            .map_or(0, |m| media.tokens(m));
+                        ticket.settle(used);
+                        (out, Settle::Now(Some(used)))
                     }
                 },
             )
             .await;
-        settle_call(call_ticket, &out, 0);
+        let used = out
+            .as_ref()
+            .ok()
+            .and_then(|r| r.value.media())
+            .map_or(0, |m| media.tokens(m));
+        settle_call(call_ticket, &out, used);
         out
     }
 
@@ -1014,6 +1045,23 @@ routable!(
     TranscriptionRequest,
     ImageEditRequest
 );
+
+/// The answer of a media call: what it consumed.
+trait Metered {
+    fn media(&self) -> Option<Media>;
+}
+
+impl<T> Metered for Completed<T> {
+    fn media(&self) -> Option<Media> {
+        self.meta.media
+    }
+}
+
+impl Metered for (BinaryStream, CallMeta) {
+    fn media(&self) -> Option<Media> {
+        self.1.media
+    }
+}
 
 fn unknown_group(group: &str) -> Error {
     Error::bad_request(format!(

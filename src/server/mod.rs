@@ -39,7 +39,7 @@ use crate::config::{self, SharedState};
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::hooks::builtin::{BudgetHook, BudgetScope, RequestLog, SpendLedger};
-use crate::limiter::{FailPolicy, RateLimitConfig};
+use crate::limiter::{FailPolicy, MediaWeights, RateLimitConfig};
 use crate::router::Router;
 use crate::telemetry::otlp::OtlpLayer;
 use crate::telemetry::OtlpConfig;
@@ -64,6 +64,8 @@ pub struct Live {
     pub teams: HashMap<String, TeamBudget>,
     pub master_digest: Option<[u8; 32]>,
     pub rate_limit: Option<RateLimitConfig>,
+    /// How images and audio count toward tpm limits (`rate_limit.tokens_per_*`).
+    pub media: MediaWeights,
     pub hooks: Option<Arc<hooks::Pipeline>>,
     pub cache: Option<Arc<CacheHook>>,
     pub drop_params: bool,
@@ -134,6 +136,7 @@ impl Gateway {
                 teams: HashMap::new(),
                 master_digest: None,
                 rate_limit: None,
+                media: MediaWeights::default(),
                 hooks: None,
                 cache: None,
                 drop_params: false,
@@ -263,13 +266,15 @@ impl Gateway {
                 group_list.push(d.group.clone());
             }
         }
+        let media = cfg.rate_limit.as_ref().map(|c| c.media).unwrap_or_default();
         let router = Router::new(
             cfg.deployments,
             cfg.settings,
             self.shared.stats.clone(),
             cfg.budget,
         )?
-        .with_limits(self.shared.limiter.clone(), None);
+        .with_limits(self.shared.limiter.clone(), None)
+        .with_media(media);
         let mut all: Vec<Arc<dyn hooks::Hook>> = Vec::new();
         if !cfg.callbacks.is_empty() {
             let Some(load) = &self.hook_loader else {
@@ -310,6 +315,7 @@ impl Gateway {
                 .as_ref()
                 .map(|k| crate::config::file::key_digest(k.expose())),
             rate_limit: cfg.rate_limit.filter(RateLimitConfig::is_active),
+            media,
             hooks,
             cache,
             drop_params: cfg.drop_params,

@@ -38,8 +38,8 @@ use crate::router::Routed;
 use crate::spool;
 use crate::streaming::BinaryStream;
 use crate::types::{
-    ChatRequest, EmbeddingRequest, FileSource, ImageEditRequest, ImageRequest, SpeechRequest,
-    TranscriptionRequest, Usage,
+    image_count, ChatRequest, EmbeddingRequest, FileSource, ImageEditRequest, ImageRequest, Media,
+    MediaEstimate, SpeechRequest, TranscriptionRequest, Usage,
 };
 
 /// Request fields that would point the gateway at another upstream or credential: refused,
@@ -876,11 +876,12 @@ fn answer<T>(
     };
     let done = &routed.value;
     let usage = usage(&done.response);
-    settle(
-        ticket,
-        None,
-        usage.as_ref().map_or(reserved, |u| u.total_tokens),
-    );
+    let used = match (&usage, done.meta.media) {
+        (Some(u), _) => u.total_tokens,
+        (None, Some(m)) => ctx.live.media.tokens(m),
+        (None, None) => reserved,
+    };
+    settle(ticket, None, used);
     let (body, content_type) = match encode(&done.response) {
         Ok(b) => b,
         Err(e) => return ctx.fail(&e),
@@ -1004,8 +1005,23 @@ async fn model_call(
             messages: messages.clone(),
             params: call.params.clone(),
         }),
-        // An image or a speech counts as a request; it reserves no tokens.
-        "images" | "speech" => 0,
+        // An image or a speech counts as a request, and as tokens if so configured.
+        "images" => live.media.tokens(
+            ImageRequest {
+                model: call.model.clone(),
+                prompt: String::new(),
+                params: call.params.clone(),
+            }
+            .media_estimate(),
+        ),
+        "speech" => live.media.tokens(
+            SpeechRequest {
+                model: call.model.clone(),
+                input: input.as_str().unwrap_or_default().to_owned(),
+                params: Map::new(),
+            }
+            .media_estimate(),
+        ),
         _ => limiter::embedding_reservation(&input),
     };
     let demand = Demand {
@@ -1026,7 +1042,8 @@ async fn model_call(
         };
         return match live.router.speech(req, &call.opts, &call.tags).await {
             Ok(routed) => {
-                settle(ticket, None, 0);
+                let used = routed.value.1.media.map_or(0, |m| live.media.tokens(m));
+                settle(ticket, None, used);
                 let deployment = routed.deployment_id.clone();
                 let (stream, meta) = routed.value;
                 audio_response(
@@ -1434,10 +1451,19 @@ async fn upload_call(
         .get("user")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    // An edit reserves its images' tokens; a transcription's seconds are charged once known.
+    let estimate = if route == "images" {
+        Media {
+            images: image_count(&up.fields),
+            seconds: 0.0,
+        }
+    } else {
+        Media::default()
+    };
     let demand = Demand {
         request_id: ctx.rid.clone(),
         scopes: scopes(&live, &who, digest.as_ref(), user.as_deref(), &model),
-        tokens: 0,
+        tokens: live.media.tokens(estimate),
     };
     let ticket = match admit(&ctx, demand, &model).await {
         Ok(t) => t,

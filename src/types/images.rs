@@ -15,11 +15,7 @@ pub struct ImageRequest {
 impl ImageRequest {
     /// How many images are asked for (`n`, default 1).
     pub fn count(&self) -> u64 {
-        self.params
-            .get("n")
-            .and_then(Value::as_u64)
-            .unwrap_or(1)
-            .max(1)
+        image_count(&self.params)
     }
 
     fn text(&self, key: &str) -> Option<&str> {
@@ -35,6 +31,16 @@ impl ImageRequest {
     pub fn quality(&self) -> Option<&str> {
         self.text("quality").filter(|s| *s != "auto")
     }
+}
+
+/// How many images `params` ask for (`n`, a number or a form field's text; default 1).
+pub fn image_count(params: &Map<String, Value>) -> u64 {
+    let n = match params.get("n") {
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        Some(v) => v.as_u64(),
+        None => None,
+    };
+    n.unwrap_or(1).max(1)
 }
 
 /// An image edit request: the prompt, the image(s) to edit with their file names, an optional

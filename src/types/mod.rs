@@ -15,8 +15,59 @@ mod stream;
 pub use audio::{FileSource, SpeechRequest, TranscriptionRequest, TranscriptionResponse};
 pub use chat::{ChatCompletion, ChatRequest, Choice, FunctionCall, Message, ToolCall, Usage};
 pub use embeddings::{EmbeddingRequest, EmbeddingResponse};
-pub use images::{ImageData, ImageEditRequest, ImageRequest, ImageResponse};
+pub use images::{image_count, ImageData, ImageEditRequest, ImageRequest, ImageResponse};
 pub use stream::{ChatChunk, ChunkChoice, Delta, DeltaFunction, DeltaToolCall};
+
+/// What an image or audio call consumes, as limits count it: images made, seconds of audio.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Media {
+    pub images: u64,
+    pub seconds: f64,
+}
+
+/// Characters of speech input per second of audio, for estimating a speech's length (about
+/// 150 words a minute).
+pub const SPEECH_CHARS_PER_SECOND: f64 = 15.0;
+
+/// A media request's own estimate of what it will consume, known before it is sent: the
+/// images asked for, a speech's seconds from its input. A transcription's seconds are known
+/// only from the answer (estimated as none).
+pub trait MediaEstimate {
+    fn media_estimate(&self) -> Media;
+}
+
+impl MediaEstimate for ImageRequest {
+    fn media_estimate(&self) -> Media {
+        Media {
+            images: self.count(),
+            seconds: 0.0,
+        }
+    }
+}
+
+impl MediaEstimate for ImageEditRequest {
+    fn media_estimate(&self) -> Media {
+        Media {
+            images: images::image_count(&self.params),
+            seconds: 0.0,
+        }
+    }
+}
+
+impl MediaEstimate for SpeechRequest {
+    fn media_estimate(&self) -> Media {
+        Media {
+            images: 0,
+            seconds: self.input.chars().count() as f64 / SPEECH_CHARS_PER_SECOND,
+        }
+    }
+}
+
+impl MediaEstimate for TranscriptionRequest {
+    fn media_estimate(&self) -> Media {
+        Media::default()
+    }
+}
 
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
