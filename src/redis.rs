@@ -308,6 +308,13 @@ impl RedisPool {
     /// reached is [`ErrorKind::Connection`], or [`ErrorKind::Timeout`] when it does not answer
     /// in time.
     pub async fn connect(cfg: &RedisConfig) -> Result<Self> {
+        // Boxed: the connect future is kilobytes large. Inline, it would make the future of
+        // every caller that may connect lazily (each rate-limit admission, each batch, each
+        // cache lookup) as large, and copied on every spawn.
+        Box::pin(Self::connect_now(cfg)).await
+    }
+
+    async fn connect_now(cfg: &RedisConfig) -> Result<Self> {
         let label: Arc<str> = describe(&cfg.target).into();
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
@@ -390,8 +397,8 @@ impl RedisPool {
         })
     }
 
-    /// Runs a script (EVALSHA, reloading after NOSCRIPT via [`redis::Script`]) with the
-    /// command deadline.
+    /// Runs a script (EVALSHA, loading it and running it again after NOSCRIPT, as after a
+    /// `SCRIPT FLUSH` or a restarted Redis) with the command deadline.
     ///
     /// With Redis Cluster every key must hash to one slot (hash-tag them); the call goes to
     /// that slot's primary.
@@ -401,28 +408,42 @@ impl RedisPool {
         keys: &[String],
         args: &[String],
     ) -> Result<T> {
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
+        let mut cmd = evalsha(script, keys.len());
+        cmd.arg(keys).arg(args);
+        self.eval_cmd(script, &cmd).await
+    }
+
+    /// Runs a command made by [`evalsha`] (keys and arguments appended by the caller, written
+    /// straight into the command), like [`RedisPool::eval`].
+    pub async fn eval_cmd<T: FromRedisValue>(&self, script: &Script, cmd: &Cmd) -> Result<T> {
+        async fn run<C: ::redis::aio::ConnectionLike, T: FromRedisValue>(
+            c: &mut C,
+            script: &Script,
+            cmd: &Cmd,
+        ) -> ::redis::RedisResult<T> {
+            match cmd.query_async(c).await {
+                Err(e)
+                    if e.kind()
+                        == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(c).await?;
+                    cmd.query_async(c).await
+                }
+                other => other,
+            }
         }
-        for arg in args {
-            invocation.arg(arg);
-        }
-        let invocation = &invocation;
         match &self.conn {
             Conn::Single(manager) => {
                 let mut c = manager.clone();
-                self.bounded("script", invocation.invoke_async(&mut c))
-                    .await
+                self.bounded("script", run(&mut c, script, cmd)).await
             }
             Conn::Cluster(cluster) => {
                 let mut c = cluster.clone();
-                self.bounded("script", invocation.invoke_async(&mut c))
-                    .await
+                self.bounded("script", run(&mut c, script, cmd)).await
             }
             Conn::Sentinel(master) => {
                 let mut c = master.connection();
-                let out = self.bounded_raw(invocation.invoke_async(&mut c)).await;
+                let out = self.bounded_raw(run(&mut c, script, cmd)).await;
                 self.after_sentinel_call(master, "script", out)
             }
         }
@@ -507,6 +528,14 @@ impl RedisPool {
             }
         }
     }
+}
+
+/// `EVALSHA <the script's SHA> <nkeys>`: append the keys, then the arguments, and run it with
+/// [`RedisPool::eval_cmd`].
+pub fn evalsha(script: &Script, nkeys: usize) -> Cmd {
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(nkeys);
+    cmd
 }
 
 enum Failure {

@@ -308,6 +308,9 @@ pub struct LimiterStats {
     pub live_processes: u64,
     /// Settles that could not reach Redis after their retries (their reservation stays).
     pub settles_dropped: u64,
+    /// Script calls made to Redis (admissions and settles share calls: compare with
+    /// `admitted` to see how well they batch).
+    pub script_calls: u64,
 }
 
 /// One algorithm, two stores: in this process or in Redis.
@@ -329,6 +332,13 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
         used: u64,
         undo: bool,
     ) -> BoxFuture<'a, Result<()>>;
+
+    /// Queues a settle to be applied in the background, without a task or a reply to wait
+    /// for, when this limiter can (it then retries on its own); false when the caller must run
+    /// [`RateLimiter::settle`] itself.
+    fn settle_detached(&self, _request_id: &str, _admitted: &Admitted, _used: u64) -> bool {
+        false
+    }
 
     fn stats(&self) -> LimiterStats;
 }
@@ -486,6 +496,9 @@ impl Ticket {
         let Some(i) = ticket.inner.take() else {
             return;
         };
+        if i.limiter.settle_detached(&i.request_id, &i.admitted, used) {
+            return;
+        }
         let rt = i
             .runtime
             .clone()
@@ -583,8 +596,14 @@ impl Caller {
     /// A short, stable, non-reversible name for an API key (SHA-256, first 16 bytes in hex).
     pub fn hash_key(key: &str) -> String {
         use sha2::{Digest, Sha256};
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(key.as_bytes());
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        let mut out = String::with_capacity(32);
+        for b in &digest[..16] {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+        out
     }
 }
 
@@ -925,6 +944,11 @@ mod tests {
             scopes,
             tokens,
         }
+    }
+
+    #[test]
+    fn api_keys_are_named_by_the_first_half_of_their_sha256() {
+        assert_eq!(Caller::hash_key("abc"), "ba7816bf8f01cfea414140de5dae2223");
     }
 
     #[test]
