@@ -1213,6 +1213,33 @@ async fn image_edit_call(
     })
 }
 
+/// Bytes a second of compressed audio takes when nothing else tells the length (128 kbit/s).
+const ESTIMATED_AUDIO_BYTES_PER_SECOND: f64 = 16_000.0;
+
+/// The size of an upload (0 when unknown).
+async fn upload_len(src: &FileSource) -> u64 {
+    match src {
+        FileSource::Bytes(b) => b.len() as u64,
+        FileSource::Spool(s) => s.complete_len().unwrap_or(0),
+        FileSource::Path(p) => tokio::fs::metadata(p).await.map_or(0, |m| m.len()),
+    }
+}
+
+/// The end of the last cue of an SRT or WebVTT transcript, in seconds.
+fn subtitle_seconds(text: &str) -> Option<f64> {
+    let stamp = |t: &str| -> Option<f64> {
+        let mut secs = 0.0;
+        for part in t.replace(',', ".").split(':') {
+            secs = secs * 60.0 + part.parse::<f64>().ok()?;
+        }
+        Some(secs)
+    };
+    text.lines()
+        .filter_map(|l| l.split_once("-->"))
+        .filter_map(|(_, end)| stamp(end.split_whitespace().next()?))
+        .reduce(f64::max)
+}
+
 /// Seconds of audio in a WAV file's header, when the file is a plain PCM WAV.
 fn wav_seconds(head: &[u8]) -> Option<f64> {
     if head.len() < 44 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
@@ -1309,15 +1336,21 @@ async fn transcription_call(
                 .get("duration")
                 .or_else(|| response.extra.get("usage").and_then(|u| u.get("seconds")))
                 .and_then(Value::as_f64);
-            let seconds = match told {
+            let seconds = match told.or_else(|| subtitle_seconds(&response.text)) {
                 Some(d) => Some(d),
                 None => wav_seconds(&audio_head(&req.file).await),
             };
             meta.cost = seconds
                 .and_then(|s| pricing::transcription_cost(Some(route.provider), &route.model, s));
+            // For limits, an audio whose length nothing says (a plain-text answer of an MP3)
+            // is estimated from its size at 128 kbit/s.
+            let counted = match seconds {
+                Some(s) => s,
+                None => upload_len(&req.file).await as f64 / ESTIMATED_AUDIO_BYTES_PER_SECOND,
+            };
             meta.media = Some(Media {
                 images: 0,
-                seconds: seconds.unwrap_or(0.0),
+                seconds: counted,
             });
             Ok(Completed {
                 response,
@@ -1332,6 +1365,16 @@ async fn transcription_call(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subtitle_lengths() {
+        let srt =
+            "1\n00:00:00,000 --> 00:00:02,500\nhello\n\n2\n00:00:02,500 --> 00:01:03,250\nworld\n";
+        assert_eq!(subtitle_seconds(srt), Some(63.25));
+        let vtt = "WEBVTT\n\n00:01.000 --> 00:04.500 align:start\nhi\n";
+        assert_eq!(subtitle_seconds(vtt), Some(4.5));
+        assert_eq!(subtitle_seconds("just text"), None);
+    }
 
     #[test]
     fn mock_strings() {

@@ -114,3 +114,22 @@ rate_limit:
         with pytest.raises(openai.RateLimitError):
             with open(clip, "rb") as f:
                 a.audio.transcriptions.create(model="ears", file=f)
+
+
+def test_audio_of_unknown_length_counts_by_its_size(fake, tmp_path):
+    # An MP3 answered as plain text: no duration anywhere, so 160,000 bytes count as 10 s
+    # (128 kbit/s), 1000 tokens at 100 a second.
+    mp3 = tmp_path / "talk.mp3"
+    mp3.write_bytes(b"ID3" + bytes(160_000 - 3))
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    llmux.set_rate_limit({"tokens_per_minute": 1000, "key_strategy": "user", "tokens_per_audio_second": 100})
+    try:
+        tr = dict(
+            model="openai/whisper-1", file=str(mp3), api_base=fake.base_url, user=user, response_format="text"
+        )
+        llmux.transcription(**tr)
+        llmux.transcription(**tr)  # admitted at the edge, charged into debt
+        with pytest.raises(llmux.RateLimitError):
+            llmux.transcription(**tr)
+    finally:
+        llmux.set_rate_limit(None)

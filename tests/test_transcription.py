@@ -324,6 +324,13 @@ litellm_settings:
         assert r.status_code == 200, r.text
         assert r.headers["content-type"].startswith("text/plain")
         assert r.text.strip() == f"transcribed {len(audio)} bytes of s.wav"
+        # But not another model (the key's models were checked on the first), nor the limit.
+        r = c.post(
+            "/audio/transcriptions",
+            content=upload("ears", None, {"model": "flaky-ears"}),
+            headers=headers,
+        )
+        assert r.status_code == 400 and "'model' came after the file" in r.text
 
     # A client that goes away mid-upload: the upstream request is ended (not left waiting for
     # the rest), and the gateway keeps serving.

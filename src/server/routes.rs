@@ -1253,6 +1253,27 @@ fn put_field(fields: &mut Map<String, Value>, name: String, text: String) {
     }
 }
 
+/// Checks the text fields that came after a streamed file. The model and the caller were
+/// settled before the call started: a different `model` or `user` is refused, the same one
+/// dropped (sent once); the upload limit is the server's.
+fn trailing_fields(trailing: &mut Map<String, Value>, model: &str) -> Result<(), Error> {
+    refuse_credentials(trailing)?;
+    trailing.remove("max_upload_bytes");
+    if let Some(m) = trailing.remove("model") {
+        if m.as_str() != Some(model) {
+            return Err(bad(
+                "'model' came after the file with another value: send the form's fields before its file",
+            ));
+        }
+    }
+    if trailing.contains_key("user") {
+        return Err(bad(
+            "'user' came after the file: send it before the file, where the limits can see it",
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a request that names its own upstream or credentials.
 fn refuse_credentials(fields: &Map<String, Value>) -> Result<(), Error> {
     for k in CLIENT_CREDENTIALS {
@@ -1524,11 +1545,11 @@ async fn upload_call(
                 rest = &mut upload => match rest {
                     Err(e) => return ctx.fail(&e),
                     Ok(trailing) if trailing.is_empty() => call.await,
-                    Ok(trailing) => {
+                    Ok(mut trailing) => {
                         // Fields after the file: the call already sent lacks them, so it is
                         // dropped and made again with the whole form (the file is on disk).
                         drop(call);
-                        if let Err(e) = refuse_credentials(&trailing) {
+                        if let Err(e) = trailing_fields(&mut trailing, &model) {
                             return ctx.fail(&e);
                         }
                         treq.params.extend(trailing);
