@@ -1216,6 +1216,11 @@ async fn image_edit_call(
 /// Bytes a second of compressed audio takes when nothing else tells the length (128 kbit/s).
 const ESTIMATED_AUDIO_BYTES_PER_SECOND: f64 = 16_000.0;
 
+/// Whether an upload is a spool its writer has not finished.
+fn still_arriving(src: &FileSource) -> bool {
+    matches!(src, FileSource::Spool(s) if s.complete_len().is_none())
+}
+
 /// The size of an upload (0 when unknown).
 async fn upload_len(src: &FileSource) -> u64 {
     match src {
@@ -1358,6 +1363,15 @@ async fn transcription_call(
                 elapsed: started.elapsed(),
             })
         }
+        // A call that ended while the file was still arriving (a client uploading more
+        // slowly than the timeout allows) is the client's doing, not the deployment's: no
+        // retry, fallback or cooldown.
+        Err(e) if e.retryable() && still_arriving(&req.file) => Err(Error::bad_request(format!(
+            "the upload was still arriving when the call ended ({}): send the file faster, or set a longer timeout",
+            e.message
+        ))
+        .with_status(408)
+        .with_context(route.provider, &route.model)),
         Err(e) => Err(e.with_context(route.provider, &route.model)),
     }
 }

@@ -363,3 +363,45 @@ litellm_settings:
         with httpx.Client(base_url=g.base_url, timeout=30) as c:
             r = c.post("/audio/transcriptions", content=upload("ears", None), headers=headers)
             assert r.status_code == 200, r.text
+
+
+def test_a_slow_upload_is_the_clients_fault_not_the_deployments(fake, key, tmp_path):
+    """A client that uploads more slowly than the request timeout gets 408; the deployment is
+    not cooled down for it (one failure would do it here), so the next call goes through."""
+    import time
+
+    import httpx
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"""
+model_list:
+  - model_name: ears
+    litellm_params:
+      model: openai/whisper-1
+      api_base: "{fake.base_url}"
+      api_key: sk-up
+      extra_headers: {{x-fake-key: "{key}"}}
+litellm_settings:
+  request_timeout: 1
+router_settings:
+  allowed_fails: 0
+  cooldown_time: 60
+"""
+    )
+    boundary = "llmuxslow"
+    audio = wav(0.1) + bytes(256 * 1024)
+
+    def upload(pause: float):
+        yield _multipart(boundary, {"model": "ears"}) + _file_head(boundary, "s.wav")
+        yield audio[:1000]
+        time.sleep(pause)
+        yield audio[1000:] + b"\r\n" + f"--{boundary}--\r\n".encode()
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    with Gateway(path) as g, httpx.Client(base_url=g.base_url, timeout=30) as c:
+        r = c.post("/audio/transcriptions", content=upload(2.5), headers=headers)
+        assert r.status_code == 408, r.text
+        assert "still arriving" in r.json()["error"]["message"]
+        r = c.post("/audio/transcriptions", content=upload(0), headers=headers)
+        assert r.status_code == 200, r.text
