@@ -985,11 +985,12 @@ pub async fn speech(req: SpeechRequest, opts: &CallOptions) -> Result<(BinaryStr
         .dialect
         .speech_request(&route, &req, &extras(opts))
         .map_err(|e| e.with_context(route.provider, &route.model))?;
-    let ticket = admit_media(opts, &req.params, &req.model, req.media_estimate()).await?;
-    let result = with_retries(opts, started, || send(&route, &prepared, None)).await;
     // The audio's length is estimated from the input (its body is not read here).
+    let estimate = req.media_estimate();
+    let ticket = admit_media(opts, &req.params, &req.model, estimate).await?;
+    let result = with_retries(opts, started, || send(&route, &prepared, None)).await;
     let mut meta = CallMeta::new(&route, started);
-    meta.media = Some(req.media_estimate());
+    meta.media = Some(estimate);
     settle_media(opts, ticket, result.is_ok().then_some(&meta));
     match result {
         Ok((resp, attempts)) => {
@@ -1099,18 +1100,18 @@ where
 /// [`DEFAULT_MAX_UPLOAD_BYTES`]). A spool still being written is not checked here: its writer
 /// holds it to the limit as it arrives.
 async fn upload_size(src: &FileSource, limit: u64, what: &str) -> Result<()> {
-    let size = match src {
-        FileSource::Bytes(b) => b.len() as u64,
-        FileSource::Spool(s) => match s.complete_len() {
-            Some(n) => n,
-            None => return Ok(()),
-        },
-        FileSource::Path(p) => tokio::fs::metadata(p)
-            .await
-            .map_err(|e| {
-                Error::bad_request(format!("cannot read the {what} {}: {e}", p.display()))
-            })?
-            .len(),
+    let size = match file_len(src).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            let name = match src {
+                FileSource::Path(p) => p.display().to_string(),
+                FileSource::Bytes(_) | FileSource::Spool(_) => String::new(),
+            };
+            return Err(Error::bad_request(format!(
+                "cannot read the {what} {name}: {e}"
+            )));
+        }
     };
     if size == 0 {
         return Err(Error::bad_request(format!("the {what} is empty")));
@@ -1221,13 +1222,13 @@ fn still_arriving(src: &FileSource) -> bool {
     matches!(src, FileSource::Spool(s) if s.complete_len().is_none())
 }
 
-/// The size of an upload (0 when unknown).
-async fn upload_len(src: &FileSource) -> u64 {
-    match src {
-        FileSource::Bytes(b) => b.len() as u64,
-        FileSource::Spool(s) => s.complete_len().unwrap_or(0),
-        FileSource::Path(p) => tokio::fs::metadata(p).await.map_or(0, |m| m.len()),
-    }
+/// The size of an upload; `None` while a spool is still being written.
+async fn file_len(src: &FileSource) -> std::io::Result<Option<u64>> {
+    Ok(match src {
+        FileSource::Bytes(b) => Some(b.len() as u64),
+        FileSource::Spool(s) => s.complete_len(),
+        FileSource::Path(p) => Some(tokio::fs::metadata(p).await?.len()),
+    })
 }
 
 /// The end of the last cue of an SRT or WebVTT transcript, in seconds.
@@ -1351,7 +1352,10 @@ async fn transcription_call(
             // is estimated from its size at 128 kbit/s.
             let counted = match seconds {
                 Some(s) => s,
-                None => upload_len(&req.file).await as f64 / ESTIMATED_AUDIO_BYTES_PER_SECOND,
+                None => {
+                    let size = file_len(&req.file).await.ok().flatten().unwrap_or(0);
+                    size as f64 / ESTIMATED_AUDIO_BYTES_PER_SECOND
+                }
             };
             meta.media = Some(Media {
                 images: 0,

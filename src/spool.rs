@@ -126,42 +126,9 @@ impl Spool {
         }
     }
 
-    /// What is known now: bytes readable, whether that is the whole file. A failed or
-    /// abandoned writer is an error.
-    fn progress(&self, rx: &watch::Receiver<Progress>) -> io::Result<(u64, bool)> {
-        match &*rx.borrow() {
-            Progress::Writing(n) => Ok((*n, false)),
-            Progress::Done(n) => Ok((*n, true)),
-            Progress::Failed(reason) => Err(io::Error::other(reason.clone())),
-        }
-    }
-
-    /// Waits until at least `want` bytes are readable or the file is complete; the number of
-    /// readable bytes.
-    async fn available(&self, rx: &mut watch::Receiver<Progress>, want: u64) -> io::Result<u64> {
-        loop {
-            let (n, done) = self.progress(rx)?;
-            if n >= want || done {
-                return Ok(n);
-            }
-            if rx.changed().await.is_err() {
-                // The writer is gone: what it last said stands, unless it never finished.
-                let (n, done) = self.progress(rx)?;
-                if done || n >= want {
-                    return Ok(n);
-                }
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the upload ended before it was complete",
-                ));
-            }
-        }
-    }
-
     /// The first `n` bytes (fewer if the file is shorter), waiting for them to arrive.
     pub async fn head(&self, n: usize) -> io::Result<Vec<u8>> {
-        let mut rx = self.rx.clone();
-        let have = self.available(&mut rx, n as u64).await?;
+        let have = available(&mut self.rx.clone(), n as u64).await?;
         let mut buf = vec![0u8; usize::try_from(have).unwrap_or(n).min(n)];
         let mut f = tokio::fs::File::open(self.path()).await?;
         f.read_exact(&mut buf).await?;
@@ -171,18 +138,21 @@ impl Spool {
     /// The whole file from its start, as it arrives; ends when the writer has finished, fails
     /// if the writer failed or went away first.
     pub fn stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        let me = self.clone();
-        let rx = self.rx.clone();
         futures_util::stream::try_unfold(
-            (me, rx, None::<tokio::fs::File>, 0u64),
-            |(me, mut rx, mut file, offset)| async move {
-                let have = me.available(&mut rx, offset + 1).await?;
+            (
+                Arc::clone(&self.path),
+                self.rx.clone(),
+                None::<tokio::fs::File>,
+                0u64,
+            ),
+            |(path, mut rx, mut file, offset)| async move {
+                let have = available(&mut rx, offset + 1).await?;
                 if have <= offset {
                     return Ok(None);
                 }
                 let f = match file.as_mut() {
                     Some(f) => f,
-                    None => file.insert(tokio::fs::File::open(me.path()).await?),
+                    None => file.insert(tokio::fs::File::open(&path.0).await?),
                 };
                 let want = (have - offset).min(READ_CHUNK);
                 let mut buf = vec![0u8; usize::try_from(want).unwrap_or(0)];
@@ -196,10 +166,42 @@ impl Spool {
                 buf.truncate(got);
                 Ok(Some((
                     Bytes::from(buf),
-                    (me, rx, file, offset + got as u64),
+                    (path, rx, file, offset + got as u64),
                 )))
             },
         )
+    }
+}
+
+/// What is known now: bytes readable, whether that is the whole file. A failed writer is an
+/// error.
+fn progress(rx: &watch::Receiver<Progress>) -> io::Result<(u64, bool)> {
+    match &*rx.borrow() {
+        Progress::Writing(n) => Ok((*n, false)),
+        Progress::Done(n) => Ok((*n, true)),
+        Progress::Failed(reason) => Err(io::Error::other(reason.clone())),
+    }
+}
+
+/// Waits until at least `want` bytes are readable or the file is complete; the number of
+/// readable bytes. A writer gone before finishing is an error.
+async fn available(rx: &mut watch::Receiver<Progress>, want: u64) -> io::Result<u64> {
+    loop {
+        let (n, done) = progress(rx)?;
+        if n >= want || done {
+            return Ok(n);
+        }
+        if rx.changed().await.is_err() {
+            // The writer is gone: what it last said stands, unless it never finished.
+            let (n, done) = progress(rx)?;
+            if done || n >= want {
+                return Ok(n);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the upload ended before it was complete",
+            ));
+        }
     }
 }
 

@@ -38,8 +38,8 @@ use crate::router::Routed;
 use crate::spool;
 use crate::streaming::BinaryStream;
 use crate::types::{
-    image_count, ChatRequest, EmbeddingRequest, FileSource, ImageEditRequest, ImageRequest, Media,
-    MediaEstimate, SpeechRequest, TranscriptionRequest, Usage,
+    images_estimate, speech_estimate, ChatRequest, EmbeddingRequest, FileSource, ImageEditRequest,
+    ImageRequest, Media, SpeechRequest, TranscriptionRequest, Usage,
 };
 
 /// Request fields that would point the gateway at another upstream or credential: refused,
@@ -1006,22 +1006,10 @@ async fn model_call(
             params: call.params.clone(),
         }),
         // An image or a speech counts as a request, and as tokens if so configured.
-        "images" => live.media.tokens(
-            ImageRequest {
-                model: call.model.clone(),
-                prompt: String::new(),
-                params: call.params.clone(),
-            }
-            .media_estimate(),
-        ),
-        "speech" => live.media.tokens(
-            SpeechRequest {
-                model: call.model.clone(),
-                input: input.as_str().unwrap_or_default().to_owned(),
-                params: Map::new(),
-            }
-            .media_estimate(),
-        ),
+        "images" => live.media.tokens(images_estimate(&call.params)),
+        "speech" => live
+            .media
+            .tokens(speech_estimate(input.as_str().unwrap_or_default())),
         _ => limiter::embedding_reservation(&input),
     };
     let demand = Demand {
@@ -1156,6 +1144,11 @@ fn spool_error(e: &std::io::Error) -> Error {
     Error::new(ErrorKind::Internal, format!("cannot spool the upload: {e}"))
 }
 
+/// A new spool file for an upload, in the temporary directory.
+fn new_spool() -> Result<(spool::SpoolWriter, spool::Spool), Error> {
+    spool::create(&std::env::temp_dir(), &pipeline::request_id()).map_err(|e| spool_error(&e))
+}
+
 impl Form {
     fn open(req: Request<Incoming>, max: u64) -> Result<Self, Error> {
         use futures_util::StreamExt;
@@ -1228,8 +1221,7 @@ impl Form {
 
     /// Spools a file part whole.
     async fn spool(&mut self, field: multer::Field<'static>) -> Result<spool::Spool, Error> {
-        let (mut w, s) = spool::create(&std::env::temp_dir(), &pipeline::request_id())
-            .map_err(|e| spool_error(&e))?;
+        let (mut w, s) = new_spool()?;
         self.copy(field, &mut w).await?;
         w.finish();
         Ok(s)
@@ -1405,9 +1397,9 @@ async fn upload_call(
         Some((name, filename, field))
             if route == "transcriptions" && name == "file" && up.fields.contains_key("model") =>
         {
-            let (writer, s) = match spool::create(&std::env::temp_dir(), &pipeline::request_id()) {
+            let (writer, s) = match new_spool() {
                 Ok(w) => w,
-                Err(e) => return ctx.fail(&spool_error(&e)),
+                Err(e) => return ctx.fail(&e),
             };
             up.files.push((name, s, filename));
             arriving = Some(Arriving {
@@ -1474,10 +1466,7 @@ async fn upload_call(
         .map(str::to_owned);
     // An edit reserves its images' tokens; a transcription's seconds are charged once known.
     let estimate = if route == "images" {
-        Media {
-            images: image_count(&up.fields),
-            seconds: 0.0,
-        }
+        images_estimate(&up.fields)
     } else {
         Media::default()
     };

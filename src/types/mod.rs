@@ -6,6 +6,8 @@
 //! that a vendor's additions (`service_tier`, `citations`, ...) reach the caller intact.
 //! No I/O here.
 
+use serde_json::Map;
+
 mod audio;
 mod chat;
 mod embeddings;
@@ -15,7 +17,8 @@ mod stream;
 pub use audio::{FileSource, SpeechRequest, TranscriptionRequest, TranscriptionResponse};
 pub use chat::{ChatCompletion, ChatRequest, Choice, FunctionCall, Message, ToolCall, Usage};
 pub use embeddings::{EmbeddingRequest, EmbeddingResponse};
-pub use images::{image_count, ImageData, ImageEditRequest, ImageRequest, ImageResponse};
+use images::image_count;
+pub use images::{ImageData, ImageEditRequest, ImageRequest, ImageResponse};
 pub use stream::{ChatChunk, ChunkChoice, Delta, DeltaFunction, DeltaToolCall};
 
 /// What an image or audio call consumes, as limits count it: images made, seconds of audio.
@@ -38,28 +41,35 @@ pub trait MediaEstimate {
 
 impl MediaEstimate for ImageRequest {
     fn media_estimate(&self) -> Media {
-        Media {
-            images: self.count(),
-            seconds: 0.0,
-        }
+        images_estimate(&self.params)
     }
 }
 
 impl MediaEstimate for ImageEditRequest {
     fn media_estimate(&self) -> Media {
-        Media {
-            images: images::image_count(&self.params),
-            seconds: 0.0,
-        }
+        images_estimate(&self.params)
     }
 }
 
 impl MediaEstimate for SpeechRequest {
     fn media_estimate(&self) -> Media {
-        Media {
-            images: 0,
-            seconds: self.input.chars().count() as f64 / SPEECH_CHARS_PER_SECOND,
-        }
+        speech_estimate(&self.input)
+    }
+}
+
+/// A speech of `input`: its estimated seconds of audio.
+pub fn speech_estimate(input: &str) -> Media {
+    Media {
+        images: 0,
+        seconds: input.chars().count() as f64 / SPEECH_CHARS_PER_SECOND,
+    }
+}
+
+/// An image call with `params`: the images it asks for.
+pub fn images_estimate(params: &Map<String, serde_json::Value>) -> Media {
+    Media {
+        images: image_count(params),
+        seconds: 0.0,
     }
 }
 
