@@ -7,12 +7,17 @@
 //!
 //! Keys (`P` is the prefix, `llmux:rl` by default), hash-tagged by scope so that every key of a
 //! scope lives in one Redis Cluster slot: `P:{scope}:rpm` and `P:{scope}:tpm` (TATs, in µs of
-//! Redis's clock, expiring once they are in the past), `P:{scope}:open` (the requests admitted
-//! on a scope with a token or parallel limit and not yet settled, a sorted set of request ids
-//! scored by lease expiry: its size is the parallel count, and a settle applies only when it
-//! removes its request from it, which makes a retried settle a no-op). The client sends each
-//! settle's token difference (used minus reserved; it knows what it reserved). Live processes
-//! beat into `P:{hb}:live`.
+//! Redis's clock, expiring once they are in the past), `P:{scope}:open:<epoch>` (the requests
+//! admitted on a scope with a token or parallel limit and not yet settled: sets of integers, one
+//! per lease period, the "epoch", each expiring at the end of the next one; the open requests are
+//! those of the current and the previous epoch). A request is a set member by a 62-bit digest of
+//! its id ([`member`]), which Redis stores as a sorted array of integers: finding, adding and
+//! removing one is a binary search. The count of the two sets is the parallel count, and a
+//! settle applies only when it removes its request from one of them, which makes a retried
+//! settle a no-op. An unsettled request (its process crashed) stops counting between one and
+//! two leases after its admission. The client sends each settle's token difference (used minus
+//! reserved; it knows what it reserved). Live processes beat into `P:{hb}:live`. The script
+//! needs Redis 6.2 or later (`SMISMEMBER`).
 //!
 //! Admissions and settles queued while a script call is in flight go together in the next
 //! one; each scope is described once per call and requests name it by index, so a batch of
@@ -97,7 +102,7 @@ pub struct RedisLimiterOptions {
     pub prefix: String,
     pub policy: FailPolicy,
     /// How long a parallel-request lease lasts when its request never settles (a crashed
-    /// process); longer than the longest call.
+    /// process): at least this long and at most twice; longer than the longest call.
     pub lease: Duration,
     pub heartbeat_interval: Duration,
     /// A process that has not beaten for this long no longer counts as live.
@@ -138,26 +143,42 @@ type Decision = std::result::Result<(Vec<Charge>, RateInfo), Denial>;
 
 /// The scopes of one script call, each described once: its name and five numbers (requests
 /// interval and tolerance, tokens interval and tolerance, max parallel), in order of first use.
+/// A call names few scopes (most often one): they are found by a scan, and through a map once
+/// there are more than [`ScopeTable::SCAN`].
 #[derive(Default)]
 struct ScopeTable<'a> {
     scopes: Vec<(&'a str, [f64; 5])>,
-    /// 1-based positions in `scopes`.
+    /// 1-based positions in `scopes`, once there are many.
     index: std::collections::HashMap<&'a str, usize>,
 }
 
 impl<'a> ScopeTable<'a> {
+    const SCAN: usize = 8;
+
     fn add(&mut self, name: &'a str, d: [f64; 5]) {
         self.scopes.push((name, d));
-        self.index.insert(name, self.scopes.len());
+        if self.scopes.len() == Self::SCAN + 1 {
+            for (i, (n, _)) in self.scopes.iter().enumerate() {
+                self.index.insert(n, i + 1);
+            }
+        } else if self.scopes.len() > Self::SCAN {
+            self.index.insert(name, self.scopes.len());
+        }
     }
 
-    /// The 1-based index of a scope already in the table.
-    fn index(&self, name: &str) -> usize {
-        self.index.get(name).copied().unwrap_or(0)
+    /// The 1-based index of a scope in the table (0: not there).
+    fn find(&self, name: &str) -> usize {
+        if self.scopes.len() > Self::SCAN {
+            return self.index.get(name).copied().unwrap_or(0);
+        }
+        self.scopes
+            .iter()
+            .position(|(n, _)| *n == name)
+            .map_or(0, |i| i + 1)
     }
 
     fn admit_scope(&mut self, s: &'a ScopeLimits) {
-        if !self.index.contains_key(s.scope.as_str()) {
+        if self.find(&s.scope) == 0 {
             let (rt, rtau) = s
                 .rpm
                 .map_or((0.0, 0.0), |r| (r.interval_us(), r.tolerance_us()));
@@ -172,7 +193,7 @@ impl<'a> ScopeTable<'a> {
     /// A scope only settled in this call: its intervals; a parallel limit is marked as 1 (the
     /// scope is tracked; no admission here counts against it).
     fn settle_scope(&mut self, c: &'a Charge) {
-        if !self.index.contains_key(c.scope.as_str()) {
+        if self.find(&c.scope) == 0 {
             let par = if c.parallel { 1.0 } else { 0.0 };
             self.add(
                 &c.scope,
@@ -245,6 +266,10 @@ struct BreakerState {
 #[derive(Debug)]
 struct Breaker {
     state: Mutex<BreakerState>,
+    /// Whether `state` says open: read without the lock on every call while Redis answers.
+    /// While it is false the back-off is at its minimum (only a success closes the breaker,
+    /// and it resets the back-off).
+    open: AtomicBool,
     probing: AtomicBool,
     trips: AtomicU64,
 }
@@ -256,12 +281,16 @@ impl Breaker {
                 open_until: None,
                 backoff: BREAKER_MIN,
             }),
+            open: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             trips: AtomicU64::new(0),
         }
     }
 
     fn gate(&self) -> Gate {
+        if !self.open.load(Ordering::Acquire) {
+            return Gate::Try;
+        }
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match s.open_until {
             None => Gate::Try,
@@ -279,18 +308,17 @@ impl Breaker {
     }
 
     fn is_open(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .open_until
-            .is_some()
+        self.open.load(Ordering::Acquire)
     }
 
     fn success(&self, probe: bool, label: &str) {
         if probe {
             self.probing.store(false, Ordering::Release);
+        } else if !self.open.load(Ordering::Acquire) {
+            return;
         }
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        self.open.store(false, Ordering::Release);
         if s.open_until.take().is_some() {
             tracing::info!(target_redis = %label, "rate limiter: Redis answers again; limits are shared again");
         }
@@ -309,6 +337,7 @@ impl Breaker {
             return;
         }
         s.open_until = Some(Instant::now() + s.backoff);
+        self.open.store(true, Ordering::Release);
         s.backoff = (s.backoff * 2).min(BREAKER_MAX);
         if !was_open {
             self.trips.fetch_add(1, Ordering::Relaxed);
@@ -529,7 +558,7 @@ impl RedisLimiter {
             }
         }
         for r in settles {
-            cmd.arg(r.id).arg(u8::from(r.undo)).arg(r.charges.len());
+            cmd.arg(member(r.id)).arg(u8::from(r.undo)).arg(r.charges.len());
             for c in &r.charges {
                 let delta = if r.undo {
                     -i128::from(c.tokens)
@@ -538,13 +567,13 @@ impl RedisLimiter {
                 } else {
                     i128::from(r.used) - i128::from(c.tokens)
                 };
-                cmd.arg(table.index(&c.scope)).arg(delta);
+                cmd.arg(table.find(&c.scope)).arg(delta);
             }
         }
         for r in admits {
-            cmd.arg(r.id).arg(r.scopes.len());
+            cmd.arg(member(r.id)).arg(r.scopes.len());
             for sc in &r.scopes {
-                cmd.arg(table.index(&sc.scope)).arg(sc.token_cost(r.tokens));
+                cmd.arg(table.find(&sc.scope)).arg(sc.token_cost(r.tokens));
             }
         }
         self.counters.script_calls.fetch_add(1, Ordering::Relaxed);
@@ -614,28 +643,15 @@ impl RedisLimiter {
         pool: &RedisPool,
         demand: &Demand,
     ) -> Result<std::result::Result<Admitted, Denial>> {
+        if !pool.is_cluster() {
+            return self.batch_admit(demand).await;
+        }
         let scopes: Vec<&ScopeLimits> = demand.scopes.iter().filter(|s| !s.is_empty()).collect();
         let admitted = |(charges, info)| Admitted {
             charges,
             placement: Placement::Primary,
             info,
         };
-        if !pool.is_cluster() {
-            let (reply, rx) = oneshot::channel();
-            let job = AdmitJob {
-                id: demand.request_id.clone(),
-                scopes: scopes.into_iter().cloned().collect(),
-                tokens: demand.tokens,
-                reply,
-            };
-            self.jobs
-                .send(Job::Admit(job))
-                .map_err(|_| Error::new(ErrorKind::Internal, "rate limiter: batcher stopped"))?;
-            let out = rx
-                .await
-                .map_err(|_| Error::new(ErrorKind::Internal, "rate limiter: batch lost"))?;
-            return Ok(out?.map(admitted));
-        }
         let outs = join_all(
             scopes
                 .iter()
@@ -676,6 +692,43 @@ impl RedisLimiter {
                 r.map(Err)
             }
         }
+    }
+
+    /// Admits in the next batch (one server or Sentinel).
+    async fn batch_admit(&self, demand: &Demand) -> Result<std::result::Result<Admitted, Denial>> {
+        let (reply, rx) = oneshot::channel();
+        let job = AdmitJob {
+            id: demand.request_id.clone(),
+            scopes: demand
+                .scopes
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+            tokens: demand.tokens,
+            reply,
+        };
+        self.jobs
+            .send(Job::Admit(job))
+            .map_err(|_| Error::new(ErrorKind::Internal, "rate limiter: batcher stopped"))?;
+        let out = rx
+            .await
+            .map_err(|_| Error::new(ErrorKind::Internal, "rate limiter: batch lost"))?;
+        Ok(out?.map(|(charges, info)| Admitted {
+            charges,
+            placement: Placement::Primary,
+            info,
+        }))
+    }
+
+    /// Whether the pool is connected to one server or a Sentinel group (not Cluster): calls
+    /// then go in batches, and need no handle on the pool (the batch takes its own).
+    fn batched(&self) -> bool {
+        self.pool
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|p| !p.is_cluster())
     }
 
     /// Admits one request on one scope (Cluster: one slot per call).
@@ -845,9 +898,13 @@ impl RedisLimiter {
         };
         // A cancelled probe must not leave the breaker waiting for it forever.
         let _probe = probe.then(|| ResetOnDrop(&self.breaker.probing));
-        let out = match self.pool().await {
-            Ok(pool) => self.redis_admit(&pool, demand).await,
-            Err(e) => Err(e),
+        let out = if self.batched() {
+            self.batch_admit(demand).await
+        } else {
+            match self.pool().await {
+                Ok(pool) => self.redis_admit(&pool, demand).await,
+                Err(e) => Err(e),
+            }
         };
         match out {
             Ok(decision) => {
@@ -1030,6 +1087,19 @@ fn zero_limit(s: &ScopeLimits) -> Option<Denial> {
     None
 }
 
+/// A request's member in the open sets: a digest of its id, 62 bits so that it is a
+/// non-negative `i64` (Redis keeps sets of such integers as sorted arrays). Ids are random per
+/// request; two requests in flight on one scope share a digest with a chance of about one in
+/// 10^18 per pair.
+fn member(request_id: &str) -> i64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same id gives the same member in every process of a build,
+    // and the admission and the settle of a request are made by the same process.
+    let mut h = std::hash::DefaultHasher::new();
+    request_id.hash(&mut h);
+    (h.finish() >> 2) as i64
+}
+
 /// A number for a script argument: integers print without a fraction.
 fn num(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 9e15 {
@@ -1070,16 +1140,7 @@ impl RateLimiter for RedisLimiter {
     }
 
     fn settle_detached(&self, request_id: &str, admitted: &Admitted, used: u64) -> bool {
-        if admitted.placement != Placement::Primary {
-            return false;
-        }
-        let single = self
-            .pool
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|p| !p.is_cluster());
-        if !single {
+        if admitted.placement != Placement::Primary || !self.batched() {
             return false;
         }
         let charges: Vec<Charge> = admitted
@@ -1123,6 +1184,22 @@ impl RateLimiter for RedisLimiter {
 mod tests {
     use super::*;
     use crate::redis::RedisTarget;
+
+    /// Scopes are found by a scan while few, and by a map past [`ScopeTable::SCAN`]; the
+    /// indexes are the same either way.
+    #[test]
+    fn scope_indexes_by_scan_and_by_map() {
+        let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+        let mut t = ScopeTable::default();
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(t.find(n), 0);
+            t.add(n, [i as f64; 5]);
+            for (j, m) in names[..=i].iter().enumerate() {
+                assert_eq!(t.find(m), j + 1, "{m} among {}", i + 1);
+            }
+        }
+        assert_eq!(t.find("nope"), 0);
+    }
 
     /// Every admission and every batch is a future that is moved (into a box, into a task).
     /// Connecting to Redis, which happens rarely, must not make them kilobytes large.

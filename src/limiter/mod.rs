@@ -594,7 +594,31 @@ pub struct Caller {
 
 impl Caller {
     /// A short, stable, non-reversible name for an API key (SHA-256, first 16 bytes in hex).
+    /// Each thread remembers the names of the last few keys it hashed (a process calls with
+    /// few keys, and hashing one costs more than the rest of an admission).
     pub fn hash_key(key: &str) -> String {
+        const REMEMBERED: usize = 8;
+        thread_local! {
+            static NAMES: std::cell::RefCell<(Vec<(Box<str>, String)>, usize)> =
+                const { std::cell::RefCell::new((Vec::new(), 0)) };
+        }
+        NAMES.with_borrow_mut(|(names, next)| {
+            if let Some((_, name)) = names.iter().find(|(k, _)| &**k == key) {
+                return name.clone();
+            }
+            let name = Self::digest_key(key);
+            let entry = (Box::from(key), name.clone());
+            if names.len() < REMEMBERED {
+                names.push(entry);
+            } else {
+                names[*next] = entry;
+                *next = (*next + 1) % REMEMBERED;
+            }
+            name
+        })
+    }
+
+    fn digest_key(key: &str) -> String {
         use sha2::{Digest, Sha256};
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(key.as_bytes());
@@ -949,6 +973,13 @@ mod tests {
     #[test]
     fn api_keys_are_named_by_the_first_half_of_their_sha256() {
         assert_eq!(Caller::hash_key("abc"), "ba7816bf8f01cfea414140de5dae2223");
+        // Again from the thread's memory, and after it has forgotten the key.
+        assert_eq!(Caller::hash_key("abc"), "ba7816bf8f01cfea414140de5dae2223");
+        for i in 0..20 {
+            assert_eq!(Caller::hash_key(&format!("k{i}")).len(), 32);
+        }
+        assert_eq!(Caller::hash_key("abc"), "ba7816bf8f01cfea414140de5dae2223");
+        assert_ne!(Caller::hash_key("abd"), Caller::hash_key("abc"));
     }
 
     #[test]
