@@ -212,14 +212,14 @@ impl<'a> ScopeTable<'a> {
 /// One request's part of an admit script call.
 struct AdmitReq<'a> {
     id: &'a str,
-    scopes: Vec<&'a ScopeLimits>,
+    scopes: &'a [ScopeLimits],
     tokens: u64,
 }
 
 /// One request's part of a settle script call.
 struct SettleReq<'a> {
     id: &'a str,
-    charges: Vec<&'a Charge>,
+    charges: &'a [Charge],
     used: u64,
     undo: bool,
 }
@@ -530,12 +530,12 @@ impl RedisLimiter {
         let mut table = ScopeTable::default();
         // Admissions first: their limits are the whole of a scope's description.
         for r in admits {
-            for s in &r.scopes {
+            for s in r.scopes {
                 table.admit_scope(s);
             }
         }
         for r in settles {
-            for c in &r.charges {
+            for c in r.charges {
                 table.settle_scope(c);
             }
         }
@@ -558,8 +558,10 @@ impl RedisLimiter {
             }
         }
         for r in settles {
-            cmd.arg(member(r.id)).arg(u8::from(r.undo)).arg(r.charges.len());
-            for c in &r.charges {
+            cmd.arg(member(r.id))
+                .arg(u8::from(r.undo))
+                .arg(r.charges.len());
+            for c in r.charges {
                 let delta = if r.undo {
                     -i128::from(c.tokens)
                 } else if r.used == super::KEEP_RESERVATION {
@@ -572,13 +574,27 @@ impl RedisLimiter {
         }
         for r in admits {
             cmd.arg(member(r.id)).arg(r.scopes.len());
-            for sc in &r.scopes {
+            for sc in r.scopes {
                 cmd.arg(table.find(&sc.scope)).arg(sc.token_cost(r.tokens));
             }
         }
         self.counters.script_calls.fetch_add(1, Ordering::Relaxed);
-        let out: Vec<i64> = pool.eval_cmd(&self.scripts.limits, &cmd).await?;
+        let packed: Vec<u8> = pool.eval_cmd(&self.scripts.limits, &cmd).await?;
+        let out: Vec<i64> = packed
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])))
+            .collect();
         let (settled, rest) = match out.split_first() {
+            Some(_) if !packed.len().is_multiple_of(8) => {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "redis {}: limits reply of {} bytes",
+                        self.label,
+                        packed.len()
+                    ),
+                ))
+            }
             Some((n, rest)) if rest.len() == admits.len() * 5 => (*n, rest),
             _ => {
                 return Err(Error::new(
@@ -682,7 +698,7 @@ impl RedisLimiter {
                 join_all(charges.iter().map(|c| async move {
                     let req = SettleReq {
                         id: &demand.request_id,
-                        charges: vec![c],
+                        charges: std::slice::from_ref(c),
                         used: 0,
                         undo: true,
                     };
@@ -741,7 +757,7 @@ impl RedisLimiter {
     ) -> Result<Decision> {
         let req = AdmitReq {
             id,
-            scopes: vec![scope],
+            scopes: std::slice::from_ref(scope),
             tokens,
         };
         let (_, mut out) = self.script(pool, &[], std::slice::from_ref(&req)).await?;
@@ -765,7 +781,7 @@ impl RedisLimiter {
                     .iter()
                     .map(|j| SettleReq {
                         id: &j.id,
-                        charges: j.charges.iter().collect(),
+                        charges: &j.charges,
                         used: j.used,
                         undo: j.undo,
                     })
@@ -774,7 +790,7 @@ impl RedisLimiter {
                     .iter()
                     .map(|j| AdmitReq {
                         id: &j.id,
-                        scopes: j.scopes.iter().collect(),
+                        scopes: &j.scopes,
                         tokens: j.tokens,
                     })
                     .collect();
@@ -976,7 +992,7 @@ impl RedisLimiter {
                     for r in join_all(charges.iter().map(|c| async move {
                         let req = SettleReq {
                             id: request_id,
-                            charges: vec![c],
+                            charges: std::slice::from_ref(c),
                             used,
                             undo,
                         };

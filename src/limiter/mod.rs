@@ -598,9 +598,10 @@ impl Caller {
     /// few keys, and hashing one costs more than the rest of an admission).
     pub fn hash_key(key: &str) -> String {
         const REMEMBERED: usize = 8;
+        /// (key, name) pairs, and the next one to replace when full.
+        type Names = (Vec<(Box<str>, String)>, usize);
         thread_local! {
-            static NAMES: std::cell::RefCell<(Vec<(Box<str>, String)>, usize)> =
-                const { std::cell::RefCell::new((Vec::new(), 0)) };
+            static NAMES: std::cell::RefCell<Names> = const { std::cell::RefCell::new((Vec::new(), 0)) };
         }
         NAMES.with_borrow_mut(|(names, next)| {
             if let Some((_, name)) = names.iter().find(|(k, _)| &**k == key) {
@@ -751,7 +752,9 @@ impl RateLimitConfig {
 
     /// The scope of a call by `caller` to `model`, with this block's limits.
     pub fn scope_for(&self, caller: &Caller, model: &str) -> ScopeLimits {
-        let or_anon = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+        fn or_anon(v: &Option<String>) -> &str {
+            v.as_deref().unwrap_or("-")
+        }
         let name = match self.key_strategy {
             KeyStrategy::ApiKey => format!("api_key:{}", or_anon(&caller.key_hash)),
             KeyStrategy::User => format!("user:{}", or_anon(&caller.user)),

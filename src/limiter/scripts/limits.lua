@@ -31,7 +31,8 @@
 -- Returns the number of scope settles applied, then five numbers per admission: {1, remaining
 -- requests, µs until requests reset, remaining tokens, µs until tokens reset} (-1 where no
 -- scope has that limit), or {0, scope index within the request (1-based), what (1 requests,
--- 2 tokens, 3 parallel), µs to wait (-1: never), 0}.
+-- 2 tokens, 3 parallel), µs to wait (-1: never), 0}; as one string of little-endian 8-byte
+-- integers (Redis's `struct` library), which costs both sides less than an array of numbers.
 local call, floor, ceil, max, unpack = redis.call, math.floor, math.ceil, math.max, unpack
 local tonumber, format, argv, keys = tonumber, string.format, ARGV, KEYS
 local t = call('TIME')
@@ -40,12 +41,9 @@ local now_ms = floor(now / 1000)
 -- Small counts and indexes are read without a string-to-number conversion.
 local SMALL = { ['0'] = 0, ['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4, ['5'] = 5, ['6'] = 6,
   ['7'] = 7, ['8'] = 8, ['9'] = 9 }
-local function int(v)
-  return SMALL[v] or tonumber(v)
-end
-local nscopes = int(argv[1])
-local settles = int(argv[2])
-local admits = int(argv[3])
+local nscopes = tonumber(argv[1])
+local settles = tonumber(argv[2])
+local admits = tonumber(argv[3])
 local lease = tonumber(argv[4])
 local epoch = floor(now_ms / lease)
 local cur_suffix, prev_suffix = format(':%d', epoch), format(':%d', epoch - 1)
@@ -55,7 +53,7 @@ local cur_suffix, prev_suffix = format(':%d', epoch), format(':%d', epoch - 1)
 local scopes = {}
 for i = 1, nscopes do
   local a, k = 4 + (i - 1) * 5, (i - 1) * 3
-  local tt, maxp = tonumber(argv[a + 3]), int(argv[a + 5])
+  local tt, maxp = tonumber(argv[a + 3]), tonumber(argv[a + 5])
   scopes[i] = {
     keys[k + 1], keys[k + 2], keys[k + 3] .. cur_suffix, keys[k + 3] .. prev_suffix,
     tonumber(argv[a + 1]), tonumber(argv[a + 2]), tt, tonumber(argv[a + 4]), maxp,
@@ -78,36 +76,40 @@ local function put_tat(key, tat)
   dirty[key] = true
 end
 
-local function gcra(key, interval, tolerance, cost)
-  local tat = get_tat(key)
-  if tat < now then tat = now end
-  local new = tat + cost * interval
-  -- 0.001 µs of slack: tolerance = burst * interval is rarely exact in floating point.
-  if new - now > tolerance + 0.001 then
-    return nil, new - tolerance - now
+-- Open requests per scope in the previous epoch's set and in this one's (each counted once).
+local before_count, open_count = {}, {}
+local function before_of(si, s)
+  local c = before_count[si]
+  if c == nil then
+    c = call('SCARD', s[4])
+    before_count[si] = c
   end
-  return new, floor((tolerance - (new - now) + 0.001) / interval)
+  return c
 end
 
 -- Settles, in three steps: the members settled on each tracked scope are gathered (in order);
--- each scope's two open sets are searched and shrunk once; then the (request, scope) pairs
--- apply in order, the k-th pair of a scope reading the k-th answer of its search.
+-- each scope's open sets are searched and shrunk once (the previous epoch's only when it has
+-- members); then the (request, scope) pairs apply in order, the k-th pair of a scope reading
+-- the k-th answer of its search.
 local first = 4 + nscopes * 5
 local a = first
-local wanted = {}
+local wanted, nwanted = {}, {}
 for _ = 1, settles do
-  local m, n = argv[a + 1], int(argv[a + 3])
+  local m, n = argv[a + 1], argv[a + 3]
+  n = SMALL[n] or tonumber(n)
   a = a + 3
   for _ = 1, n do
-    local si = int(argv[a + 1])
+    local si = argv[a + 1]
+    si = SMALL[si] or tonumber(si)
     a = a + 2
     if scopes[si][10] then
-      local w = wanted[si]
+      local w, c = wanted[si], (nwanted[si] or 0) + 1
       if not w then
         w = {}
         wanted[si] = w
       end
-      w[#w + 1] = m
+      w[c] = m
+      nwanted[si] = c
     end
   end
 end
@@ -115,28 +117,35 @@ end
 -- member named twice in one call (never, in practice) applies the first time only.
 local hits = {}
 for si, w in pairs(wanted) do
-  local s = scopes[si]
+  local s, nw = scopes[si], nwanted[si]
   local here = call('SMISMEMBER', s[3], unpack(w))
-  local before = call('SMISMEMBER', s[4], unpack(w))
-  local gone_now, gone_before = {}, {}
-  for j = 1, #w do
+  local before = nil
+  if before_of(si, s) > 0 then before = call('SMISMEMBER', s[4], unpack(w)) end
+  local gone_now, gone_before, ng, nb = {}, {}, 0, 0
+  for j = 1, nw do
     if here[j] == 1 then
-      gone_now[#gone_now + 1] = w[j]
-    elseif before[j] == 1 then
+      ng = ng + 1
+      gone_now[ng] = w[j]
+    elseif before and before[j] == 1 then
       here[j] = 1
-      gone_before[#gone_before + 1] = w[j]
+      nb = nb + 1
+      gone_before[nb] = w[j]
     end
   end
   local removed = 0
-  if #gone_now > 0 then removed = call('SREM', s[3], unpack(gone_now)) end
-  if #gone_before > 0 then removed = removed + call('SREM', s[4], unpack(gone_before)) end
-  if removed < #gone_now + #gone_before then
+  if ng > 0 then removed = call('SREM', s[3], unpack(gone_now)) end
+  if nb > 0 then
+    removed = removed + call('SREM', s[4], unpack(gone_before))
+    before_count[si] = before_count[si] - nb
+  end
+  if removed < ng + nb then
     local seen = {}
-    for j = 1, #w do
+    for j = 1, nw do
       if here[j] == 1 then
         if seen[w[j]] then here[j] = 0 else seen[w[j]] = true end
       end
     end
+    before_count[si] = nil
   end
   hits[si] = here
 end
@@ -144,10 +153,12 @@ local settled = 0
 local used = {}
 a = first
 for _ = 1, settles do
-  local undo, n = argv[a + 2] == '1', int(argv[a + 3])
+  local undo, n = argv[a + 2] == '1', argv[a + 3]
+  n = SMALL[n] or tonumber(n)
   a = a + 3
   for _ = 1, n do
-    local si = int(argv[a + 1])
+    local si = argv[a + 1]
+    si = SMALL[si] or tonumber(si)
     local s = scopes[si]
     local was_open = false
     if s[10] then
@@ -175,15 +186,15 @@ for _ = 1, settles do
   end
 end
 
--- Open requests per scope (counted once, after the settles), and the members to add.
-local open_count, adds = {}, {}
+-- The members to add, per scope.
+local adds, nadds = {}, {}
 local function open_of(si, s)
   local c = open_count[si]
   if c == nil then
-    c = call('SCARD', s[3]) + call('SCARD', s[4])
+    c = call('SCARD', s[3])
     open_count[si] = c
   end
-  return c
+  return c + before_of(si, s)
 end
 
 local out = { settled }
@@ -194,19 +205,30 @@ local function admit(m, n)
   local nw, no = 0, 0
   local rem_req, reset_req, rem_tok, reset_tok = -1, -1, -1, -1
   for i = 1, n do
-    local si = int(argv[a + i * 2 - 1])
+    local si = argv[a + i * 2 - 1]
+    si = SMALL[si] or tonumber(si)
     local s = scopes[si]
-    if s[5] > 0 then
-      local new, rem = gcra(s[1], s[5], s[6], 1)
-      if not new then return 0, i, 1, ceil(rem) end
+    local interval = s[5]
+    if interval > 0 then
+      -- GCRA, inline: the request's new TAT, refused past the tolerance (0.001 µs of slack:
+      -- tolerance = burst * interval is rarely exact in floating point).
+      local tat = get_tat(s[1])
+      if tat < now then tat = now end
+      local new, tolerance = tat + interval, s[6]
+      if new - now > tolerance + 0.001 then return 0, i, 1, ceil(new - tolerance - now) end
+      local rem = floor((tolerance - (new - now) + 0.001) / interval)
       nw = nw + 1; wkey[nw] = s[1]; wval[nw] = new
       if rem_req < 0 or rem < rem_req then rem_req = rem; reset_req = new - now end
     end
-    if s[7] > 0 then
-      local cost = tonumber(argv[a + i * 2])
-      if cost * s[7] > s[8] + 0.001 then return 0, i, 2, -1 end
-      local new, rem = gcra(s[2], s[7], s[8], cost)
-      if not new then return 0, i, 2, ceil(rem) end
+    interval = s[7]
+    if interval > 0 then
+      local cost, tolerance = tonumber(argv[a + i * 2]), s[8]
+      if cost * interval > tolerance + 0.001 then return 0, i, 2, -1 end
+      local tat = get_tat(s[2])
+      if tat < now then tat = now end
+      local new = tat + cost * interval
+      if new - now > tolerance + 0.001 then return 0, i, 2, ceil(new - tolerance - now) end
+      local rem = floor((tolerance - (new - now) + 0.001) / interval)
       nw = nw + 1; wkey[nw] = s[2]; wval[nw] = new
       if rem_tok < 0 or rem < rem_tok then rem_tok = rem; reset_tok = new - now end
     end
@@ -220,18 +242,20 @@ local function admit(m, n)
   for j = 1, no do
     local si = oscope[j]
     if open_count[si] then open_count[si] = open_count[si] + 1 end
-    local list = adds[si]
+    local list, c = adds[si], (nadds[si] or 0) + 1
     if not list then
       list = {}
       adds[si] = list
     end
-    list[#list + 1] = m
+    list[c] = m
+    nadds[si] = c
   end
   return 1, rem_req, ceil(reset_req), rem_tok, ceil(reset_tok)
 end
 local o = 1
 for _ = 1, admits do
-  local m, n = argv[a + 1], int(argv[a + 2])
+  local m, n = argv[a + 1], argv[a + 2]
+  n = SMALL[n] or tonumber(n)
   a = a + 2
   local ok, b1, b2, b3, b4 = admit(m, n)
   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = ok, b1, b2, b3, b4 or 0
@@ -247,11 +271,13 @@ for key in pairs(dirty) do
     call('DEL', key)
   end
 end
--- This epoch's set lives until the end of the next epoch (and a second more).
+-- This epoch's set lives until the end of the next epoch (and a second more); set when the
+-- set may be new (not known to have had members before these).
 local until_ms = (epoch + 2) * lease + 1000
 for si, list in pairs(adds) do
   local key = scopes[si][3]
   call('SADD', key, unpack(list))
-  call('PEXPIREAT', key, until_ms)
+  local c = open_count[si]
+  if c == nil or c == nadds[si] then call('PEXPIREAT', key, until_ms) end
 end
-return out
+return struct.pack('<' .. string.rep('i8', #out), unpack(out))
