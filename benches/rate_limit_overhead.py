@@ -62,12 +62,14 @@ CHILD = textwrap.dedent(
     rate, n = asyncio.run(run(dur))
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_us = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) * 1e6 / n
+    sleeps = (r1.ru_nvcsw - r0.ru_nvcsw) / n
     stats = llmux.rate_limit_stats()
     if stats is not None:
         assert stats["redis_errors"] == 0 and stats["denied"] == 0, stats
     calls = stats.get("script_calls", 0) if stats else 0
     per_call = (stats["admitted"] - before) and stats["admitted"] / calls if calls else None
-    print(json.dumps({"mode": mode, "rps": rate, "per_call": per_call, "cpu_us": cpu_us, "n": n}))
+    row = {"mode": mode, "rps": rate, "per_call": per_call, "cpu_us": cpu_us, "sleeps": sleeps}
+    print(json.dumps({**row, "n": n}))
     """
 )
 
@@ -154,15 +156,15 @@ def main() -> None:
     )
     print(
         "| configuration | req/s | vs no limit | client CPU µs/req | redis-server CPU µs/req "
-        "| admissions per Redis call |"
+        "| admissions per Redis call | client thread sleeps / request |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for mode in modes:
         r = rows[mode]
         pc = r["per_call"]
         print(
             f"| {mode} | {best[mode]:,.0f} | {best[mode] / base:.3f}x | {r['cpu_us']:.0f} | "
-            f"{r['redis_us']:.1f} | {'' if pc is None else f'{pc:.1f}'} |"
+            f"{r['redis_us']:.1f} | {'' if pc is None else f'{pc:.1f}'} | {r['sleeps']:.2f} |"
         )
 
 
