@@ -1,5 +1,6 @@
 //! The Redis limiter against real `redis-server` processes: exact admission under a burst,
-//! all-or-nothing across scopes, TPM reserve/settle (once), `SCRIPT FLUSH`, an outage under
+//! all-or-nothing across scopes, TPM reserve/settle (once, and across lease periods), leases of
+//! requests never settled running out, `SCRIPT FLUSH`, an outage under
 //! each failure policy, Redis Cluster and a Sentinel failover. The harness is in
 //! `tests/common`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -220,6 +221,95 @@ async fn a_settle_counts_once_even_when_repeated() {
     t.settle_now(590).await.unwrap();
     // Every parallel lease was released by its settle.
     assert_eq!(open().trim(), ":0");
+}
+
+/// A limiter whose parallel leases last `lease` (open requests are kept per lease period).
+async fn leased_limiter(server: &RedisServer, lease: Duration) -> Arc<dyn RateLimiter> {
+    let mut cfg = RedisConfig::new(url(server));
+    cfg.command_timeout = Duration::from_secs(2);
+    RedisLimiter::start(
+        cfg,
+        RedisLimiterOptions {
+            lease,
+            ..opts(FailPolicy::Closed)
+        },
+    )
+    .await
+}
+
+/// Sleeps until `offset` past the next multiple of `period` on Redis's clock.
+async fn next_period(server: &RedisServer, period: Duration, offset: Duration) {
+    let time = raw_command(server.port, "TIME").unwrap();
+    let nums: Vec<u128> = time.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let now_us = nums[0] * 1_000_000 + nums[1];
+    let p = period.as_micros();
+    let wait = p - now_us % p + offset.as_micros();
+    tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_in_the_next_lease_period_still_applies() {
+    let server = RedisServer::start(&[]);
+    let lease = Duration::from_secs(1);
+    let l = leased_limiter(&server, lease).await;
+    let scope = ScopeLimits {
+        tpm: Some(Rate::per_minute(1000)),
+        max_parallel: Some(1),
+        ..ScopeLimits::new("periods")
+    };
+    // Admitted early in one period, settled early in the next: found in the previous set.
+    next_period(&server, lease, Duration::from_millis(50)).await;
+    let d = demand(vec![scope.clone()], 900);
+    let Ok(admitted) = l.admit(&d).await.unwrap() else {
+        panic!("refused")
+    };
+    assert!(
+        l.admit(&demand(vec![scope.clone()], 10))
+            .await
+            .unwrap()
+            .is_err(),
+        "one request may be in flight"
+    );
+    next_period(&server, lease, Duration::from_millis(50)).await;
+    l.settle(&d.request_id, &admitted, 100, false)
+        .await
+        .unwrap();
+    // The slot is free and 800 of the 900 reserved came back: 850 fit now.
+    let t = admit(&l, demand(vec![scope.clone()], 850)).await.unwrap();
+    t.settle_now(850).await.unwrap();
+    let keys = raw_command(server.port, "KEYS llmux:rl:{periods}:open:*").unwrap();
+    assert!(keys.starts_with("*0"), "open sets left: {keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_never_settled_runs_out_within_two_periods() {
+    let server = RedisServer::start(&[]);
+    let lease = Duration::from_secs(1);
+    let l = leased_limiter(&server, lease).await;
+    let scope = ScopeLimits {
+        max_parallel: Some(1),
+        ..ScopeLimits::new("crashed")
+    };
+    // Admitted and never settled (its process died): the slot stays taken...
+    next_period(&server, lease, Duration::from_millis(50)).await;
+    let Ok(_lost) = l.admit(&demand(vec![scope.clone()], 0)).await.unwrap() else {
+        panic!("refused")
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        l.admit(&demand(vec![scope.clone()], 0))
+            .await
+            .unwrap()
+            .is_err(),
+        "the lease still counts in the next period"
+    );
+    // ...until its period is two behind, when its set has expired as well (at the end of the
+    // next period, and a second more).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let t = admit(&l, demand(vec![scope.clone()], 0)).await.unwrap();
+    t.settle_now(0).await.unwrap();
+    let keys = raw_command(server.port, "KEYS llmux:rl:{crashed}:open:*").unwrap();
+    assert!(keys.starts_with("*0"), "open sets left: {keys}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
