@@ -102,7 +102,8 @@ pub struct RedisLimiterOptions {
     pub prefix: String,
     pub policy: FailPolicy,
     /// How long a parallel-request lease lasts when its request never settles (a crashed
-    /// process): at least this long and at most twice; longer than the longest call.
+    /// process): at least this long and at most twice; longer than the longest call. Every
+    /// process sharing a Redis must use the same lease: it names the open-request sets.
     pub lease: Duration,
     pub heartbeat_interval: Duration,
     /// A process that has not beaten for this long no longer counts as live.

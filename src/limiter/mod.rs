@@ -595,20 +595,27 @@ pub struct Caller {
 impl Caller {
     /// A short, stable, non-reversible name for an API key (SHA-256, first 16 bytes in hex).
     /// Each thread remembers the names of the last few keys it hashed (a process calls with
-    /// few keys, and hashing one costs more than the rest of an admission).
+    /// few keys, and hashing one costs more than the rest of an admission), found by a
+    /// fingerprint of the key: two SipHash digests under keys drawn at random for this
+    /// process, so the key itself is not kept.
     pub fn hash_key(key: &str) -> String {
+        use std::hash::BuildHasher;
         const REMEMBERED: usize = 8;
-        /// (key, name) pairs, and the next one to replace when full.
-        type Names = (Vec<(Box<str>, String)>, usize);
+        /// (fingerprint, name) pairs, and the next one to replace when full.
+        type Names = (Vec<([u64; 2], String)>, usize);
         thread_local! {
             static NAMES: std::cell::RefCell<Names> = const { std::cell::RefCell::new((Vec::new(), 0)) };
         }
+        static SEEDS: std::sync::OnceLock<[std::hash::RandomState; 2]> = std::sync::OnceLock::new();
+        let seeds =
+            SEEDS.get_or_init(|| [std::hash::RandomState::new(), std::hash::RandomState::new()]);
+        let print = [seeds[0].hash_one(key), seeds[1].hash_one(key)];
         NAMES.with_borrow_mut(|(names, next)| {
-            if let Some((_, name)) = names.iter().find(|(k, _)| &**k == key) {
+            if let Some((_, name)) = names.iter().find(|(p, _)| *p == print) {
                 return name.clone();
             }
             let name = Self::digest_key(key);
-            let entry = (Box::from(key), name.clone());
+            let entry = (print, name.clone());
             if names.len() < REMEMBERED {
                 names.push(entry);
             } else {
