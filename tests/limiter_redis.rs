@@ -237,6 +237,20 @@ async fn leased_limiter(server: &RedisServer, lease: Duration) -> Arc<dyn RateLi
     .await
 }
 
+/// Whether one more request on `scope` is refused.
+async fn refused(l: &Arc<dyn RateLimiter>, scope: &ScopeLimits) -> bool {
+    l.admit(&demand(vec![scope.clone()], 0))
+        .await
+        .unwrap()
+        .is_err()
+}
+
+/// Fails when any open-request set of `scope` is left in Redis.
+fn assert_no_open_sets(server: &RedisServer, scope: &str) {
+    let keys = raw_command(server.port, &format!("KEYS llmux:rl:{{{scope}}}:open:*")).unwrap();
+    assert!(keys.starts_with("*0"), "open sets left: {keys}");
+}
+
 /// Sleeps until `offset` past the next multiple of `period` on Redis's clock.
 async fn next_period(server: &RedisServer, period: Duration, offset: Duration) {
     let time = raw_command(server.port, "TIME").unwrap();
@@ -263,13 +277,7 @@ async fn a_settle_in_the_next_lease_period_still_applies() {
     let Ok(admitted) = l.admit(&d).await.unwrap() else {
         panic!("refused")
     };
-    assert!(
-        l.admit(&demand(vec![scope.clone()], 10))
-            .await
-            .unwrap()
-            .is_err(),
-        "one request may be in flight"
-    );
+    assert!(refused(&l, &scope).await, "one request may be in flight");
     next_period(&server, lease, Duration::from_millis(50)).await;
     l.settle(&d.request_id, &admitted, 100, false)
         .await
@@ -277,8 +285,7 @@ async fn a_settle_in_the_next_lease_period_still_applies() {
     // The slot is free and 800 of the 900 reserved came back: 850 fit now.
     let t = admit(&l, demand(vec![scope.clone()], 850)).await.unwrap();
     t.settle_now(850).await.unwrap();
-    let keys = raw_command(server.port, "KEYS llmux:rl:{periods}:open:*").unwrap();
-    assert!(keys.starts_with("*0"), "open sets left: {keys}");
+    assert_no_open_sets(&server, "periods");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,10 +304,7 @@ async fn a_lease_never_settled_runs_out_within_two_periods() {
     };
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(
-        l.admit(&demand(vec![scope.clone()], 0))
-            .await
-            .unwrap()
-            .is_err(),
+        refused(&l, &scope).await,
         "the lease still counts in the next period"
     );
     // ...until its period is two behind, when its set has expired as well (at the end of the
@@ -308,8 +312,7 @@ async fn a_lease_never_settled_runs_out_within_two_periods() {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let t = admit(&l, demand(vec![scope.clone()], 0)).await.unwrap();
     t.settle_now(0).await.unwrap();
-    let keys = raw_command(server.port, "KEYS llmux:rl:{crashed}:open:*").unwrap();
-    assert!(keys.starts_with("*0"), "open sets left: {keys}");
+    assert_no_open_sets(&server, "crashed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

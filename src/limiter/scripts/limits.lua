@@ -76,6 +76,17 @@ local function put_tat(key, tat)
   dirty[key] = true
 end
 
+-- Appends `v` to the list of scope `si` in `lists`, counting its length in `counts` (no `#`).
+local function push(lists, counts, si, v)
+  local list, c = lists[si], (counts[si] or 0) + 1
+  if not list then
+    list = {}
+    lists[si] = list
+  end
+  list[c] = v
+  counts[si] = c
+end
+
 -- Open requests per scope in the previous epoch's set and in this one's (each counted once).
 local before_count, open_count = {}, {}
 local function before_of(si, s)
@@ -102,15 +113,7 @@ for _ = 1, settles do
     local si = argv[a + 1]
     si = SMALL[si] or tonumber(si)
     a = a + 2
-    if scopes[si][10] then
-      local w, c = wanted[si], (nwanted[si] or 0) + 1
-      if not w then
-        w = {}
-        wanted[si] = w
-      end
-      w[c] = m
-      nwanted[si] = c
-    end
+    if scopes[si][10] then push(wanted, nwanted, si, m) end
   end
 end
 -- Per tracked scope settled here: whether its k-th pair applies (its member was open). A
@@ -242,13 +245,7 @@ local function admit(m, n)
   for j = 1, no do
     local si = oscope[j]
     if open_count[si] then open_count[si] = open_count[si] + 1 end
-    local list, c = adds[si], (nadds[si] or 0) + 1
-    if not list then
-      list = {}
-      adds[si] = list
-    end
-    list[c] = m
-    nadds[si] = c
+    push(adds, nadds, si, m)
   end
   return 1, rem_req, ceil(reset_req), rem_tok, ceil(reset_tok)
 end
