@@ -577,3 +577,153 @@ async fn password_and_database_from_a_config_block() {
     assert!(!format!("{bad:?}").contains("wrong-pw"));
     assert!(bad.stats().breaker_open);
 }
+
+/// Offers admissions on `scopes` from `callers` tasks without pause for `run`; the ones that
+/// passed are settled at once with `used` tokens. Returns how many passed.
+async fn hammer(
+    l: &Arc<dyn RateLimiter>,
+    scopes: &[ScopeLimits],
+    tokens: u64,
+    used: u64,
+    callers: usize,
+    run: Duration,
+) -> u64 {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (l, scopes) = (l.clone(), scopes.to_vec());
+            tokio::spawn(async move {
+                let mut passed = 0u64;
+                while started.elapsed() < run {
+                    match admit(&l, demand(scopes.clone(), tokens)).await {
+                        Ok(t) => {
+                            passed += 1;
+                            t.settle(used);
+                        }
+                        Err(e) => assert_eq!(e.kind, ErrorKind::RateLimited),
+                    }
+                    tokio::task::yield_now().await;
+                }
+                passed
+            })
+        })
+        .collect();
+    let mut passed = 0;
+    for t in tasks {
+        passed += t.await.unwrap();
+    }
+    passed
+}
+
+/// Two processes fetch blocks of admissions on a busy scope far from its limit, and admit from
+/// them without a round trip; the limit holds all the same: from an idle start, the two admit
+/// at most the burst plus the rate over the time run, and once the bucket is half full every
+/// admission is decided in Redis again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_admit_without_round_trips_and_keep_the_limit() {
+    let server = RedisServer::start(&[]);
+    let (a, b) = (
+        limiter(url(&server), FailPolicy::Closed).await,
+        limiter(url(&server), FailPolicy::Closed).await,
+    );
+    // 500 a second, a burst of 1500: blocks while under 750.
+    let scope = ScopeLimits {
+        rpm: Some(Rate::per_minute(30_000).with_burst(1500)),
+        ..ScopeLimits::new("blocks")
+    };
+    let started = Instant::now();
+    let run = Duration::from_millis(1500);
+    let scopes = [scope];
+    let (pa, pb) = tokio::join!(
+        hammer(&a, &scopes, 0, 0, 16, run),
+        hammer(&b, &scopes, 0, 0, 16, run)
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    let (sa, sb) = (a.stats(), b.stats());
+    let allowed = 1500.0 + 1.0 + elapsed * 500.0;
+    println!(
+        "blocks: {pa} + {pb} admitted in {elapsed:.2} s (allowed {allowed:.0}); blocks {} + {}, \
+         from blocks {} + {}, script calls {} + {}",
+        sa.blocks, sb.blocks, sa.prefetched, sb.prefetched, sa.script_calls, sb.script_calls
+    );
+    assert!(sa.blocks > 0 && sb.blocks > 0, "no blocks: {sa:?} {sb:?}");
+    assert!(
+        sa.prefetched + sb.prefetched > 200,
+        "few admissions from blocks: {sa:?} {sb:?}"
+    );
+    assert!(((pa + pb) as f64) <= allowed, "{} > {allowed}", pa + pb);
+    // What blocks leave unused is bounded (a fifth of each, while under half the burst):
+    // most of what the limit allows was admitted.
+    assert!(((pa + pb) as f64) >= 0.8 * allowed, "{} admitted", pa + pb);
+    assert!(sa.denied + sb.denied > 0, "the limit was never reached");
+}
+
+/// A block's tokens settle once, with what its admissions used: reserving 1000 and using 100,
+/// the bucket holds the tokens used (give or take what drained meanwhile and one window's
+/// start), not the reservations; and no block stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_settles_the_tokens_its_admissions_used() {
+    let server = RedisServer::start(&[]);
+    let l = limiter(url(&server), FailPolicy::Closed).await;
+    // 1000 tokens a second, a burst of ten million: the bucket drains slowly.
+    let scope = ScopeLimits {
+        tpm: Some(Rate::per_minute(60_000).with_burst(10_000_000)),
+        ..ScopeLimits::new("block-tokens")
+    };
+    let started = Instant::now();
+    let passed = hammer(&l, &[scope], 1000, 100, 16, Duration::from_millis(600)).await;
+    // Every block's window ends, its admissions have settled: the blocks settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let s = l.stats();
+    let tat: f64 = raw_command(server.port, "GET llmux:rl:{block-tokens}:tpm")
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let time = raw_command(server.port, "TIME").unwrap();
+    let nums: Vec<f64> = time.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let now_us = nums[0] * 1e6 + nums[1];
+    // One token a millisecond: the bucket holds (TAT - now) / 1000 tokens.
+    let held = (tat - now_us) / 1000.0;
+    let used = (passed * 100) as f64;
+    println!(
+        "block tokens: {passed} admitted ({} from {} blocks), {used} used, bucket {held:.0}",
+        s.prefetched, s.blocks
+    );
+    assert!(
+        s.prefetched > passed / 2,
+        "few admissions from blocks: {s:?}"
+    );
+    // Drained at most 1000 a second; a block started on an idle bucket uses up to 50 ms (50).
+    let drained = elapsed * 1000.0;
+    assert!(
+        held >= used - drained - 100.0 && held <= used + 100.0,
+        "bucket {held}, used {used}, drained up to {drained}"
+    );
+    assert_no_open_sets(&server, "block-tokens");
+    assert_eq!(s.settles_dropped, 0);
+}
+
+/// `prefetch: 0` decides every admission in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_blocks_without_a_prefetch_window() {
+    let server = RedisServer::start(&[]);
+    let mut cfg = RedisConfig::new(url(&server));
+    cfg.command_timeout = Duration::from_secs(2);
+    let l: Arc<dyn RateLimiter> = RedisLimiter::start(
+        cfg,
+        RedisLimiterOptions {
+            prefetch: Duration::ZERO,
+            ..opts(FailPolicy::Closed)
+        },
+    )
+    .await;
+    let scopes = [rpm("no-blocks", 1_000_000)];
+    let passed = hammer(&l, &scopes, 0, 0, 16, Duration::from_millis(300)).await;
+    let s = l.stats();
+    assert!(passed > 100);
+    assert_eq!((s.blocks, s.prefetched), (0, 0));
+}

@@ -79,6 +79,8 @@ pub(crate) fn stats_to_py(py: Python<'_>, s: &LimiterStats) -> PyResult<Py<PyAny
         "live_processes": s.live_processes,
         "settles_dropped": s.settles_dropped,
         "script_calls": s.script_calls,
+        "blocks": s.blocks,
+        "prefetched": s.prefetched,
     });
     Ok(pythonize(py, &v)
         .map_err(|e| to_pyerr(py, Error::new(crate::ErrorKind::Internal, e.to_string())))?

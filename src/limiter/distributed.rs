@@ -53,6 +53,7 @@ use futures_util::future::{join_all, BoxFuture};
 use tokio::sync::{mpsc, oneshot};
 
 use super::gcra::LocalLimiter;
+use super::prefetch::{Ask, Close, Granted, Prefetch, Tally};
 use super::{
     Admitted, Charge, Demand, Denial, Limited, LimiterStats, Placement, RateInfo, RateLimiter,
     ScopeLimits,
@@ -64,6 +65,8 @@ use crate::redis::{RedisConfig, RedisPool};
 pub const BREAKER_MIN: Duration = Duration::from_millis(500);
 /// The longest time the breaker stays open before probing again.
 pub const BREAKER_MAX: Duration = Duration::from_secs(5);
+/// How long a block of admissions fetched ahead may be used, by default.
+pub const DEFAULT_PREFETCH: Duration = Duration::from_millis(50);
 /// How long a settle keeps retrying while Redis is unavailable.
 const SETTLE_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -108,6 +111,9 @@ pub struct RedisLimiterOptions {
     pub heartbeat_interval: Duration,
     /// A process that has not beaten for this long no longer counts as live.
     pub heartbeat_window: Duration,
+    /// How long a block of admissions fetched ahead may be used ([`super::prefetch`]); zero
+    /// decides every admission in Redis.
+    pub prefetch: Duration,
 }
 
 impl Default for RedisLimiterOptions {
@@ -118,6 +124,7 @@ impl Default for RedisLimiterOptions {
             lease: Duration::from_secs(660),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_window: Duration::from_secs(5),
+            prefetch: DEFAULT_PREFETCH,
         }
     }
 }
@@ -143,12 +150,13 @@ const MAX_BATCH: usize = 256;
 type Decision = std::result::Result<(Vec<Charge>, RateInfo), Denial>;
 
 /// The scopes of one script call, each described once: its name and five numbers (requests
-/// interval and tolerance, tokens interval and tolerance, max parallel), in order of first use.
-/// A call names few scopes (most often one): they are found by a scan, and through a map once
-/// there are more than [`ScopeTable::SCAN`].
+/// interval and tolerance, tokens interval and tolerance, max parallel), in order of first use,
+/// and for a scope admitted here its limits (which may ask for a block). A call names few scopes
+/// (most often one): they are found by a scan, and through a map once there are more than
+/// [`ScopeTable::SCAN`].
 #[derive(Default)]
 struct ScopeTable<'a> {
-    scopes: Vec<(&'a str, [f64; 5])>,
+    scopes: Vec<(&'a str, [f64; 5], Option<&'a ScopeLimits>)>,
     /// 1-based positions in `scopes`, once there are many.
     index: std::collections::HashMap<&'a str, usize>,
 }
@@ -156,10 +164,10 @@ struct ScopeTable<'a> {
 impl<'a> ScopeTable<'a> {
     const SCAN: usize = 8;
 
-    fn add(&mut self, name: &'a str, d: [f64; 5]) {
-        self.scopes.push((name, d));
+    fn add(&mut self, name: &'a str, d: [f64; 5], limits: Option<&'a ScopeLimits>) {
+        self.scopes.push((name, d, limits));
         if self.scopes.len() == Self::SCAN + 1 {
-            for (i, (n, _)) in self.scopes.iter().enumerate() {
+            for (i, (n, _, _)) in self.scopes.iter().enumerate() {
                 self.index.insert(n, i + 1);
             }
         } else if self.scopes.len() > Self::SCAN {
@@ -174,7 +182,7 @@ impl<'a> ScopeTable<'a> {
         }
         self.scopes
             .iter()
-            .position(|(n, _)| *n == name)
+            .position(|(n, _, _)| *n == name)
             .map_or(0, |i| i + 1)
     }
 
@@ -187,7 +195,7 @@ impl<'a> ScopeTable<'a> {
                 .tpm
                 .map_or((0.0, 0.0), |r| (r.interval_us(), r.tolerance_us()));
             let maxp = s.max_parallel.unwrap_or(0) as f64;
-            self.add(&s.scope, [rt, rtau, tt, ttau, maxp]);
+            self.add(&s.scope, [rt, rtau, tt, ttau, maxp], Some(s));
         }
     }
 
@@ -205,6 +213,7 @@ impl<'a> ScopeTable<'a> {
                     0.0,
                     par,
                 ],
+                None,
             );
         }
     }
@@ -381,6 +390,8 @@ pub struct RedisLimiter {
     jobs: mpsc::UnboundedSender<Job>,
     /// This limiter, for background work it starts (undoing admissions whose answer was lost).
     me: std::sync::Weak<RedisLimiter>,
+    /// Blocks of admissions fetched ahead.
+    prefetch: Prefetch,
 }
 
 impl fmt::Debug for RedisLimiter {
@@ -432,7 +443,9 @@ impl RedisLimiter {
         me: std::sync::Weak<RedisLimiter>,
     ) -> Self {
         let label = format!("{:?}", config.target);
+        let instance = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         RedisLimiter {
+            prefetch: Prefetch::new(opts.prefetch, &instance),
             jobs,
             me,
             config,
@@ -445,7 +458,7 @@ impl RedisLimiter {
             },
             local: LocalLimiter::new(),
             breaker: Breaker::new(),
-            instance: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
+            instance,
             live: AtomicU64::new(1),
             counters: Counters::default(),
             label,
@@ -520,8 +533,9 @@ impl RedisLimiter {
     }
 
     /// One script call: `settles` first, then `admits` (their scopes all in one slot, or a
-    /// standalone server). Each scope is sent once (three keys, five numbers); requests name
-    /// their scopes by index. Returns the scope settles applied and one decision per admission.
+    /// standalone server). Each scope is sent once (three keys, eight numbers); requests name
+    /// their scopes by index. A busy scope admitted here may ask for a block (see
+    /// [`super::prefetch`]). Returns the scope settles applied and one decision per admission.
     async fn script(
         &self,
         pool: &RedisPool,
@@ -540,10 +554,15 @@ impl RedisLimiter {
                 table.settle_scope(c);
             }
         }
+        let asks: Vec<Option<Ask>> = table
+            .scopes
+            .iter()
+            .map(|(_, _, limits)| limits.and_then(|l| self.prefetch.ask(l)))
+            .collect();
         // Keys and arguments go straight into the command (no string per number).
         let p = &self.opts.prefix;
         let mut cmd = crate::redis::evalsha(&self.scripts.limits, table.scopes.len() * 3);
-        for (name, _) in &table.scopes {
+        for (name, _, _) in &table.scopes {
             let t = tag(name);
             cmd.arg(format!("{p}:{{{t}}}:rpm"))
                 .arg(format!("{p}:{{{t}}}:tpm"))
@@ -552,11 +571,16 @@ impl RedisLimiter {
         cmd.arg(table.scopes.len())
             .arg(settles.len())
             .arg(admits.len())
-            .arg(self.opts.lease.as_millis().max(1).to_string());
-        for (_, d) in &table.scopes {
+            .arg(self.opts.lease.as_millis().max(1).to_string())
+            .arg(self.opts.prefetch.as_micros().to_string());
+        for ((_, d, _), ask) in table.scopes.iter().zip(&asks) {
             for v in d {
                 cmd.arg(num(*v));
             }
+            match ask {
+                Some(a) => cmd.arg(a.requests).arg(a.tokens).arg(member(&a.id)),
+                None => cmd.arg(0).arg(0).arg(0),
+            };
         }
         for r in settles {
             cmd.arg(member(r.id))
@@ -580,36 +604,110 @@ impl RedisLimiter {
             }
         }
         self.counters.script_calls.fetch_add(1, Ordering::Relaxed);
-        let packed: Vec<u8> = pool.eval_cmd(&self.scripts.limits, &cmd).await?;
+        let sent = Instant::now();
+        let reply = pool
+            .eval_cmd::<Vec<u8>>(&self.scripts.limits, &cmd)
+            .await
+            .and_then(|packed| self.parse_limits_reply(&packed, admits, table.scopes.len()));
+        for (i, ((_, _, limits), ask)) in table.scopes.iter().zip(&asks).enumerate() {
+            let (Some(limits), Some(ask)) = (limits, ask) else {
+                continue;
+            };
+            match &reply {
+                Ok((_, _, grants)) => {
+                    let g = grants.get(i).copied().unwrap_or_default();
+                    if let Some((tally, until)) = self.prefetch.granted(limits, ask, sent, &g) {
+                        self.expire_block_at(limits.scope.clone(), tally, until);
+                    }
+                }
+                Err(_) => self.prefetch.failed(limits),
+            }
+        }
+        reply.map(|(settled, decisions, _)| (settled, decisions))
+    }
+
+    /// The script's reply: the settles applied, one decision per admission, one block per
+    /// scope.
+    fn parse_limits_reply(
+        &self,
+        packed: &[u8],
+        admits: &[AdmitReq<'_>],
+        nscopes: usize,
+    ) -> Result<(u64, Vec<Decision>, Vec<Granted>)> {
         let out: Vec<i64> = packed
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])))
             .collect();
-        let (settled, rest) = match out.split_first() {
-            Some(_) if !packed.len().is_multiple_of(8) => {
-                return Err(Error::new(
-                    ErrorKind::Internal,
-                    format!(
-                        "redis {}: limits reply of {} bytes",
-                        self.label,
-                        packed.len()
-                    ),
-                ))
-            }
-            Some((n, rest)) if rest.len() == admits.len() * 5 => (*n, rest),
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::Internal,
-                    format!("redis {}: unexpected limits reply {out:?}", self.label),
-                ))
-            }
-        };
+        if !packed.len().is_multiple_of(8) || out.len() != 1 + admits.len() * 5 + nscopes * 6 {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "redis {}: limits reply of {} bytes for {} admissions on {nscopes} scopes",
+                    self.label,
+                    packed.len(),
+                    admits.len()
+                ),
+            ));
+        }
+        let (decided, blocks) = out[1..].split_at(admits.len() * 5);
         let decisions = admits
             .iter()
-            .zip(rest.chunks(5))
+            .zip(decided.chunks(5))
             .map(|(r, o)| Self::decision(r, o))
             .collect::<Result<Vec<_>>>()?;
-        Ok((settled.max(0) as u64, decisions))
+        let grants = blocks
+            .chunks_exact(6)
+            .map(|g| [g[0], g[1], g[2], g[3], g[4], g[5]])
+            .collect();
+        Ok((out[0].max(0) as u64, decisions, grants))
+    }
+
+    /// Ends a block's window at `until`, and settles its tokens when that was its last open
+    /// part.
+    fn expire_block_at(&self, scope: String, tally: Arc<Tally>, until: Instant) {
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        rt.spawn(async move {
+            tokio::time::sleep_until(until.into()).await;
+            if let Some(close) = me.prefetch.expire(&scope, &tally) {
+                me.close_block(close);
+            }
+        });
+    }
+
+    /// Settles a block's tokens in Redis, in the background (retried like any settle).
+    fn close_block(&self, close: Close) {
+        if self.batched() {
+            let job = SettleJob {
+                id: close.id,
+                charges: vec![close.charge],
+                used: close.used,
+                undo: false,
+                reply: None,
+            };
+            if self.jobs.send(Job::Settle(job)).is_err() {
+                self.counters
+                    .settles_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            self.counters
+                .settles_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        rt.spawn(async move {
+            let charges = [close.charge];
+            if let Err(e) = me
+                .settle_redis(&close.id, &charges, close.used, false)
+                .await
+            {
+                tracing::warn!(error = %e, "rate limiter: block settle failed");
+            }
+        });
     }
 
     /// One request's five numbers from the admit script.
@@ -664,11 +762,7 @@ impl RedisLimiter {
             return self.batch_admit(demand).await;
         }
         let scopes: Vec<&ScopeLimits> = demand.scopes.iter().filter(|s| !s.is_empty()).collect();
-        let admitted = |(charges, info)| Admitted {
-            charges,
-            placement: Placement::Primary,
-            info,
-        };
+        let admitted = |(charges, info)| Admitted::new(charges, Placement::Primary, info);
         let outs = join_all(
             scopes
                 .iter()
@@ -731,11 +825,7 @@ impl RedisLimiter {
         let out = rx
             .await
             .map_err(|_| Error::new(ErrorKind::Internal, "rate limiter: batch lost"))?;
-        Ok(out?.map(|(charges, info)| Admitted {
-            charges,
-            placement: Placement::Primary,
-            info,
-        }))
+        Ok(out?.map(|(charges, info)| Admitted::new(charges, Placement::Primary, info)))
     }
 
     /// Whether the pool is connected to one server or a Sentinel group (not Cluster): calls
@@ -857,11 +947,11 @@ impl RedisLimiter {
                 self.counters
                     .fallback_admitted
                     .fetch_add(1, Ordering::Relaxed);
-                Ok(Ok(Admitted {
-                    charges: Vec::new(),
-                    placement: Placement::Nowhere,
-                    info: RateInfo::default(),
-                }))
+                Ok(Ok(Admitted::new(
+                    Vec::new(),
+                    Placement::Nowhere,
+                    RateInfo::default(),
+                )))
             }
             FailPolicy::Closed => {
                 self.counters
@@ -894,11 +984,7 @@ impl RedisLimiter {
                     &self.counters.fallback_denied
                 };
                 c.fetch_add(1, Ordering::Relaxed);
-                Ok(out.map(|(charges, info)| Admitted {
-                    charges,
-                    placement: Placement::Fallback,
-                    info,
-                }))
+                Ok(out.map(|(charges, info)| Admitted::new(charges, Placement::Fallback, info)))
             }
         }
     }
@@ -907,6 +993,12 @@ impl RedisLimiter {
         if let Some(d) = demand.scopes.iter().find_map(zero_limit) {
             self.counters.denied.fetch_add(1, Ordering::Relaxed);
             return Ok(Err(d));
+        }
+        if let Some((charges, info, blocks)) = self.prefetch.try_admit(demand) {
+            self.counters.admitted.fetch_add(1, Ordering::Relaxed);
+            let mut a = Admitted::new(charges, Placement::Prefetched, info);
+            a.blocks = blocks;
+            return Ok(Ok(a));
         }
         let probe = match self.breaker.gate() {
             Gate::Skip(wait) => return self.fallback(demand, wait),
@@ -1070,7 +1162,7 @@ async fn batches(limiter: std::sync::Weak<RedisLimiter>, mut rx: mpsc::Unbounded
     }
 }
 
-fn merge_info(into: &mut RateInfo, from: &RateInfo) {
+pub(super) fn merge_info(into: &mut RateInfo, from: &RateInfo) {
     if from.remaining_requests.is_some()
         && into
             .remaining_requests
@@ -1145,6 +1237,14 @@ impl RateLimiter for RedisLimiter {
         Box::pin(async move {
             match admitted.placement {
                 Placement::Nowhere => Ok(()),
+                Placement::Prefetched => {
+                    for close in Prefetch::settle(&admitted.blocks, used, undo) {
+                        let charges = [close.charge];
+                        self.settle_redis(&close.id, &charges, close.used, false)
+                            .await?;
+                    }
+                    Ok(())
+                }
                 Placement::Fallback => {
                     self.local.settle(&admitted.charges, used, undo);
                     Ok(())
@@ -1158,8 +1258,18 @@ impl RateLimiter for RedisLimiter {
     }
 
     fn settle_detached(&self, request_id: &str, admitted: &Admitted, used: u64) -> bool {
-        if admitted.placement != Placement::Primary || !self.batched() {
+        if !self.batched() {
             return false;
+        }
+        match admitted.placement {
+            Placement::Primary => {}
+            Placement::Prefetched => {
+                for close in Prefetch::settle(&admitted.blocks, used, false) {
+                    self.close_block(close);
+                }
+                return true;
+            }
+            Placement::Fallback | Placement::Nowhere => return false,
         }
         let charges: Vec<Charge> = admitted
             .charges
@@ -1194,6 +1304,8 @@ impl RateLimiter for RedisLimiter {
             live_processes: self.live.load(Ordering::Relaxed),
             settles_dropped: c.settles_dropped.load(Ordering::Relaxed),
             script_calls: c.script_calls.load(Ordering::Relaxed),
+            blocks: self.prefetch.blocks.load(Ordering::Relaxed),
+            prefetched: self.prefetch.admitted.load(Ordering::Relaxed),
         }
     }
 }
@@ -1211,7 +1323,7 @@ mod tests {
         let mut t = ScopeTable::default();
         for (i, n) in names.iter().enumerate() {
             assert_eq!(t.find(n), 0);
-            t.add(n, [i as f64; 5]);
+            t.add(n, [i as f64; 5], None);
             for (j, m) in names[..=i].iter().enumerate() {
                 assert_eq!(t.find(m), j + 1, "{m} among {}", i + 1);
             }

@@ -19,6 +19,7 @@
 
 pub mod distributed;
 pub mod gcra;
+mod prefetch;
 
 use std::fmt;
 use std::future::Future;
@@ -280,14 +281,29 @@ pub enum Placement {
     Fallback,
     /// Nothing was charged (Redis was unavailable, policy `open`).
     Nowhere,
+    /// From a block this process fetched from Redis ahead of its demand (settled in the block).
+    Prefetched,
 }
 
 /// A granted admission, before it is wrapped in a [`Ticket`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Admitted {
     pub charges: Vec<Charge>,
     pub placement: Placement,
     pub info: RateInfo,
+    /// The blocks whose tokens a prefetched admission holds.
+    pub(crate) blocks: Vec<prefetch::BlockUse>,
+}
+
+impl Admitted {
+    pub(crate) fn new(charges: Vec<Charge>, placement: Placement, info: RateInfo) -> Self {
+        Admitted {
+            charges,
+            placement,
+            info,
+            blocks: Vec::new(),
+        }
+    }
 }
 
 /// Counters for logs, tests and metrics.
@@ -311,6 +327,10 @@ pub struct LimiterStats {
     /// Script calls made to Redis (admissions and settles share calls: compare with
     /// `admitted` to see how well they batch).
     pub script_calls: u64,
+    /// Blocks of admissions fetched from Redis ahead of the demand, and the admissions made
+    /// from them without a round trip (both counted in `admitted`).
+    pub blocks: u64,
+    pub prefetched: u64,
 }
 
 /// One algorithm, two stores: in this process or in Redis.
@@ -348,11 +368,8 @@ impl RateLimiter for LocalLimiter {
         &'a self,
         demand: &'a Demand,
     ) -> BoxFuture<'a, Result<std::result::Result<Admitted, Denial>>> {
-        let out = LocalLimiter::admit(self, demand).map(|(charges, info)| Admitted {
-            charges,
-            placement: Placement::Primary,
-            info,
-        });
+        let out = LocalLimiter::admit(self, demand)
+            .map(|(charges, info)| Admitted::new(charges, Placement::Primary, info));
         self.count(out.is_ok());
         Box::pin(std::future::ready(Ok(out)))
     }

@@ -15,9 +15,10 @@
 -- the request id), which Redis keeps as a sorted array (an intset): adding, finding and removing
 -- one is a binary search, whatever the Redis version's encoding of small sets of strings.
 --
--- ARGV[1] scopes, ARGV[2] settles, ARGV[3] admissions, ARGV[4] lease ms; then per scope:
--- requests interval, requests tolerance, tokens interval, tokens tolerance (µs; interval 0 = no
--- such limit), max parallel (0 = none); then per settle: request member, 1 to undo the request
+-- ARGV[1] scopes, ARGV[2] settles, ARGV[3] admissions, ARGV[4] lease ms, ARGV[5] prefetch
+-- window µs; then per scope: requests interval, requests tolerance, tokens interval, tokens
+-- tolerance (µs; interval 0 = no such limit), max parallel (0 = none), then the block it asks
+-- for (requests, tokens; 0 0 asks none) and the block's member; then per settle: request member, 1 to undo the request
 -- itself (else 0), its number of scopes, and per scope two: scope index (1-based), token delta
 -- (tokens used minus tokens reserved; 0 keeps the reservation as charged); then per admission:
 -- request member, its number of scopes, and per scope two: scope index, token cost.
@@ -28,12 +29,23 @@
 -- Within one call each TAT is read and written at most once, each open set is counted once,
 -- and each is searched, shrunk and grown by one command at most.
 --
+-- Blocks ("prefetch"): after the admissions, a scope without a parallel limit may be asked for
+-- a block of requests and tokens that its process then admits from by itself within the window.
+-- A block is charged as if all of it came at the end of the window (its TAT starts no earlier
+-- than now + window), and only while the scope's bucket stays at most half full after it; a
+-- smaller block than asked is granted when only that fits, none when less than 16 requests do. A block of
+-- a scope with a token limit joins the open sets under its member: the process settles it like
+-- a request (the tokens its admissions used minus the block), once.
+--
 -- Returns the number of scope settles applied, then five numbers per admission: {1, remaining
 -- requests, µs until requests reset, remaining tokens, µs until tokens reset} (-1 where no
 -- scope has that limit), or {0, scope index within the request (1-based), what (1 requests,
--- 2 tokens, 3 parallel), µs to wait (-1: never), 0}; as one string of little-endian 8-byte
+-- 2 tokens, 3 parallel), µs to wait (-1: never), 0}; then six per scope: the block granted
+-- {requests (-1: no such limit), remaining requests, µs until requests reset, tokens, remaining
+-- tokens, µs until tokens reset}, zeros when none; as one string of little-endian 8-byte
 -- integers (Redis's `struct` library), which costs both sides less than an array of numbers.
-local call, floor, ceil, max, unpack = redis.call, math.floor, math.ceil, math.max, unpack
+local call, floor, ceil, max, min, unpack = redis.call, math.floor, math.ceil, math.max, math.min,
+  unpack
 local tonumber, format, argv, keys = tonumber, string.format, ARGV, KEYS
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -45,19 +57,20 @@ local nscopes = tonumber(argv[1])
 local settles = tonumber(argv[2])
 local admits = tonumber(argv[3])
 local lease = tonumber(argv[4])
+local window = tonumber(argv[5])
 local epoch = floor(now_ms / lease)
 local cur_suffix, prev_suffix = format(':%d', epoch), format(':%d', epoch - 1)
 
 -- Per scope: {rpm key, tpm key, open set now, open set before, rt, rtau, tt, ttau, maxp,
--- tracked}.
+-- tracked, block requests asked, block tokens asked, block member}.
 local scopes = {}
 for i = 1, nscopes do
-  local a, k = 4 + (i - 1) * 5, (i - 1) * 3
+  local a, k = 5 + (i - 1) * 8, (i - 1) * 3
   local tt, maxp = tonumber(argv[a + 3]), tonumber(argv[a + 5])
   scopes[i] = {
     keys[k + 1], keys[k + 2], keys[k + 3] .. cur_suffix, keys[k + 3] .. prev_suffix,
     tonumber(argv[a + 1]), tonumber(argv[a + 2]), tt, tonumber(argv[a + 4]), maxp,
-    tt > 0 or maxp > 0,
+    tt > 0 or maxp > 0, tonumber(argv[a + 6]), tonumber(argv[a + 7]), argv[a + 8],
   }
 end
 
@@ -102,7 +115,7 @@ end
 -- each scope's open sets are searched and shrunk once (the previous epoch's only when it has
 -- members); then the (request, scope) pairs apply in order, the k-th pair of a scope reading
 -- the k-th answer of its search.
-local first = 4 + nscopes * 5
+local first = 5 + nscopes * 8
 local a = first
 local wanted, nwanted = {}, {}
 for _ = 1, settles do
@@ -258,6 +271,50 @@ for _ = 1, admits do
   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = ok, b1, b2, b3, b4 or 0
   o = o + 5
   a = a + n * 2
+end
+
+-- Blocks, after every admission of the call; one of fewer than MIN_BLOCK requests (or fewer
+-- tokens than that many of the average asked) is not worth a window of waste: none then.
+local MIN_BLOCK = 16
+for si = 1, nscopes do
+  local s = scopes[si]
+  local k, rr, rs, x, tr, ts = 0, 0, 0, 0, 0, 0
+  if s[11] > 0 and s[9] == 0 then
+    local new_r, new_t
+    k, x = -1, -1
+    if s[5] > 0 then
+      local base = max(get_tat(s[1]), now + window)
+      k = min(s[11], floor((now + s[6] / 2 - base) / s[5]))
+      if k >= MIN_BLOCK then
+        new_r = base + k * s[5]
+        rr, rs = floor((s[6] - (new_r - now) + 0.001) / s[5]), ceil(new_r - now)
+      else
+        k = 0
+      end
+    end
+    if k ~= 0 and s[7] > 0 then
+      local base = max(get_tat(s[2]), now + window)
+      x = min(s[12], floor((now + s[8] / 2 - base) / s[7]))
+      if x >= max(1, s[12] * MIN_BLOCK / s[11]) then
+        new_t = base + x * s[7]
+        tr, ts = floor((s[8] - (new_t - now) + 0.001) / s[7]), ceil(new_t - now)
+      else
+        x = 0
+      end
+    end
+    if k == 0 or x == 0 or (k < 0 and x < 0) then
+      k, rr, rs, x, tr, ts = 0, 0, 0, 0, 0, 0
+    else
+      if new_r then put_tat(s[1], new_r) end
+      if new_t then
+        put_tat(s[2], new_t)
+        if open_count[si] then open_count[si] = open_count[si] + 1 end
+        push(adds, nadds, si, s[13])
+      end
+    end
+  end
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] = k, rr, rs, x, tr, ts
+  o = o + 6
 end
 
 for key in pairs(dirty) do
