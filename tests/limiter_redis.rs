@@ -727,3 +727,78 @@ async fn no_blocks_without_a_prefetch_window() {
     assert!(passed > 100);
     assert_eq!((s.blocks, s.prefetched), (0, 0));
 }
+
+/// Parallel slots from blocks are exact: two processes, 10 callers each holding their
+/// admission for 2 ms on a limit of 64 in flight (blocks while under half), then 30 more each:
+/// never more than 64 at once, and every slot given back in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_slots_from_blocks_stay_within_the_limit() {
+    let server = RedisServer::start(&[]);
+    let (a, b) = (
+        limiter(url(&server), FailPolicy::Closed).await,
+        limiter(url(&server), FailPolicy::Closed).await,
+    );
+    let scope = ScopeLimits {
+        rpm: Some(Rate::per_minute(100_000_000)),
+        max_parallel: Some(64),
+        ..ScopeLimits::new("slots")
+    };
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let most = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let run = Duration::from_millis(1500);
+    let tasks: Vec<_> = [&a, &b]
+        .into_iter()
+        .flat_map(|l| std::iter::repeat_n(l.clone(), 40))
+        .enumerate()
+        .map(|(i, l)| {
+            let (scope, in_flight, most) = (scope.clone(), in_flight.clone(), most.clone());
+            tokio::spawn(async move {
+                if i % 40 >= 10 {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                }
+                let mut refused = 0u64;
+                while started.elapsed() < run {
+                    match admit(&l, demand(vec![scope.clone()], 0)).await {
+                        Ok(t) => {
+                            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            in_flight.fetch_sub(1, Ordering::SeqCst);
+                            t.settle(0);
+                        }
+                        Err(e) => {
+                            assert_eq!(e.kind, ErrorKind::RateLimited);
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.unwrap();
+    }
+    // Every block's window ends: free slots go back; the last settles land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sa, sb) = (a.stats(), b.stats());
+    println!(
+        "slots: at most {} in flight; {} + {} admitted ({} + {} from {} + {} blocks), {refused} \
+         refused",
+        most.load(Ordering::SeqCst),
+        sa.admitted,
+        sb.admitted,
+        sa.prefetched,
+        sb.prefetched,
+        sa.blocks,
+        sb.blocks
+    );
+    assert!(most.load(Ordering::SeqCst) <= 64);
+    assert!(sa.blocks + sb.blocks > 0 && sa.prefetched + sb.prefetched > 0);
+    assert!(refused > 0, "80 callers never met a limit of 64");
+    assert_no_open_sets(&server, "slots");
+    assert_eq!(sa.settles_dropped + sb.settles_dropped, 0);
+}

@@ -231,7 +231,9 @@ def set_rate_limit(config: Optional[Dict[str, Any]], redis: Optional[Dict[str, A
     (``api_key`` | ``user`` | ``model`` | ``api_key_model`` | ``team``), ``distributed`` and
     ``on_redis_failure`` (``open`` | ``closed`` | ``local``), and ``tokens_per_image`` /
     ``tokens_per_audio_second`` (how images and audio count toward token limits; 0, the
-    default, counts them only as requests). ``redis`` (or a ``redis`` entry in
+    default, counts them only as requests), ``prefetch_ms`` (distributed limits: how long a
+    block of admissions fetched ahead from Redis may be used, default 50; 0 asks Redis for every
+    call). ``redis`` (or a ``redis`` entry in
     ``config``) is where distributed limits live: ``url``, or ``host``/``port``/``password``/
     ``db``/``tls``, or ``cluster_nodes``, or ``sentinel: {master_name, nodes}``. A call over a
     limit raises ``RateLimitError`` with the time to wait, before reaching the provider."""
@@ -245,7 +247,8 @@ def set_rate_limit(config: Optional[Dict[str, Any]], redis: Optional[Dict[str, A
 
 def rate_limit_stats() -> Optional[Dict[str, Any]]:
     """The rate limiter's counters (admitted, denied, Redis errors, fallback decisions, breaker
-    state, live processes), or None without a rate limit."""
+    state, live processes, script calls, blocks fetched ahead and the admissions made from
+    them), or None without a rate limit."""
     return _llmux.rate_limit_stats()
 
 

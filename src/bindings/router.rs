@@ -170,9 +170,9 @@ fn shared_state(py: Python<'_>, s: &Map<String, Value>) -> PyResult<SharedState>
         .get("rate_limit")
         .and_then(|r| r.get("distributed"))
         .is_some();
-    let (policy, local) = config::limit_placement(rate_limit.as_ref(), explicit);
+    let placement = config::limit_placement(rate_limit.as_ref(), explicit);
     let state = block_on(py, async move {
-        config::shared_state(Some(&cfg), policy, local, lease).await
+        config::shared_state(Some(&cfg), &placement, lease).await
     })?
     .map_err(|e| to_pyerr(py, e))?;
     Ok((state.stats, state.limiter, rate_limit))

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::limiter::distributed::DEFAULT_PREFETCH;
 use crate::limiter::{
     FailPolicy, LocalLimiter, RateLimitConfig, RateLimiter, RedisLimiter, RedisLimiterOptions,
 };
@@ -306,8 +307,7 @@ pub struct SharedState {
 /// in Redis too unless `local_limits` (the `rate_limit` block said `distributed: false`).
 pub async fn shared_state(
     redis: Option<&RedisConfig>,
-    policy: FailPolicy,
-    local_limits: bool,
+    placement: &LimitPlacement,
     stats_lease: Duration,
 ) -> Result<SharedState> {
     let Some(cfg) = redis else {
@@ -318,11 +318,12 @@ pub async fn shared_state(
         });
     };
     let pool = RedisPool::connect(cfg).await?;
-    let limiter: Arc<dyn RateLimiter> = if local_limits {
+    let limiter: Arc<dyn RateLimiter> = if placement.local {
         Arc::new(LocalLimiter::new())
     } else {
         let opts = RedisLimiterOptions {
-            policy,
+            policy: placement.policy,
+            prefetch: placement.prefetch,
             ..Default::default()
         };
         RedisLimiter::with_pool(pool.clone(), opts).await
@@ -334,14 +335,27 @@ pub async fn shared_state(
     })
 }
 
-/// The failure policy and whether limits stay in process, from an optional `rate_limit` block.
+/// Where limits are kept and how, fixed when the shared state is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitPlacement {
+    /// What to do when Redis cannot decide.
+    pub policy: FailPolicy,
+    /// Limits stay in this process (`rate_limit.distributed: false`).
+    pub local: bool,
+    /// How long blocks of admissions fetched ahead from Redis may be used.
+    pub prefetch: Duration,
+}
+
+/// The limits' placement from an optional `rate_limit` block.
 pub fn limit_placement(
     rate_limit: Option<&RateLimitConfig>,
     explicit_local: bool,
-) -> (FailPolicy, bool) {
-    let policy = rate_limit.map_or(FailPolicy::Local, |r| r.on_redis_failure);
-    let local = rate_limit.is_some_and(|r| !r.distributed) && explicit_local;
-    (policy, local)
+) -> LimitPlacement {
+    LimitPlacement {
+        policy: rate_limit.map_or(FailPolicy::Local, |r| r.on_redis_failure),
+        local: rate_limit.is_some_and(|r| !r.distributed) && explicit_local,
+        prefetch: rate_limit.map_or(DEFAULT_PREFETCH, |r| r.prefetch),
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,10 @@
 //!
 //! Admissions and settles queued while a script call is in flight go together in the next
 //! one; each scope is described once per call and requests name it by index, so a batch of
-//! many requests on one scope costs Redis little more than one.
+//! many requests on one scope costs Redis little more than one. A busy scope far from its
+//! limits also asks, in the same call, for a block of admissions that this process then makes
+//! by itself for a few milliseconds ([`super::prefetch`], which says why the limits stay
+//! exact): then most admissions cost no round trip at all.
 //!
 //! One admission is one `EVALSHA` (reloaded by `redis::Script` after `NOSCRIPT`, so a
 //! `SCRIPT FLUSH` or a restarted Redis costs one extra round trip, not a failed request) that
@@ -53,7 +56,7 @@ use futures_util::future::{join_all, BoxFuture};
 use tokio::sync::{mpsc, oneshot};
 
 use super::gcra::LocalLimiter;
-use super::prefetch::{Ask, Close, Granted, Prefetch, Tally};
+use super::prefetch::{Ask, Granted, Prefetch, Release, Tally};
 use super::{
     Admitted, Charge, Demand, Denial, Limited, LimiterStats, Placement, RateInfo, RateLimiter,
     ScopeLimits,
@@ -226,9 +229,9 @@ struct AdmitReq<'a> {
     tokens: u64,
 }
 
-/// One request's part of a settle script call.
+/// One request's part of a settle script call (a request, or a block's slot).
 struct SettleReq<'a> {
-    id: &'a str,
+    member: i64,
     charges: &'a [Charge],
     used: u64,
     undo: bool,
@@ -251,7 +254,7 @@ enum Job {
 /// A settle waiting for the next batch. Without a reply, nobody waits for it: when its batch
 /// fails, the limiter retries it in the background.
 struct SettleJob {
-    id: String,
+    member: i64,
     charges: Vec<Charge>,
     used: u64,
     undo: bool,
@@ -445,7 +448,7 @@ impl RedisLimiter {
         let label = format!("{:?}", config.target);
         let instance = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         RedisLimiter {
-            prefetch: Prefetch::new(opts.prefetch, &instance),
+            prefetch: Prefetch::new(opts.prefetch),
             jobs,
             me,
             config,
@@ -578,14 +581,12 @@ impl RedisLimiter {
                 cmd.arg(num(*v));
             }
             match ask {
-                Some(a) => cmd.arg(a.requests).arg(a.tokens).arg(member(&a.id)),
-                None => cmd.arg(0).arg(0).arg(0),
+                Some(a) => cmd.arg(a.requests).arg(a.tokens).arg(a.slots).arg(a.member),
+                None => cmd.arg(0).arg(0).arg(0).arg(0),
             };
         }
         for r in settles {
-            cmd.arg(member(r.id))
-                .arg(u8::from(r.undo))
-                .arg(r.charges.len());
+            cmd.arg(r.member).arg(u8::from(r.undo)).arg(r.charges.len());
             for c in r.charges {
                 let delta = if r.undo {
                     -i128::from(c.tokens)
@@ -638,7 +639,7 @@ impl RedisLimiter {
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])))
             .collect();
-        if !packed.len().is_multiple_of(8) || out.len() != 1 + admits.len() * 5 + nscopes * 6 {
+        if !packed.len().is_multiple_of(8) || out.len() != 1 + admits.len() * 5 + nscopes * 7 {
             return Err(Error::new(
                 ErrorKind::Internal,
                 format!(
@@ -656,33 +657,34 @@ impl RedisLimiter {
             .map(|(r, o)| Self::decision(r, o))
             .collect::<Result<Vec<_>>>()?;
         let grants = blocks
-            .chunks_exact(6)
-            .map(|g| [g[0], g[1], g[2], g[3], g[4], g[5]])
+            .chunks_exact(7)
+            .map(|g| [g[0], g[1], g[2], g[3], g[4], g[5], g[6]])
             .collect();
         Ok((out[0].max(0) as u64, decisions, grants))
     }
 
-    /// Ends a block's window at `until`, and settles its tokens when that was its last open
-    /// part.
+    /// Ends a block's window at `until`: its free slots go back, and its tokens settle when
+    /// that was its last open part.
     fn expire_block_at(&self, scope: String, tally: Arc<Tally>, until: Instant) {
         let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
             return;
         };
         rt.spawn(async move {
             tokio::time::sleep_until(until.into()).await;
-            if let Some(close) = me.prefetch.expire(&scope, &tally) {
-                me.close_block(close);
+            for r in me.prefetch.expire(&scope, &tally) {
+                me.release(r);
             }
         });
     }
 
-    /// Settles a block's tokens in Redis, in the background (retried like any settle).
-    fn close_block(&self, close: Close) {
+    /// Settles a block's member in Redis (its tokens, or a parallel slot), in the background
+    /// and retried like any settle.
+    fn release(&self, r: Release) {
         if self.batched() {
             let job = SettleJob {
-                id: close.id,
-                charges: vec![close.charge],
-                used: close.used,
+                member: r.member,
+                charges: vec![r.charge],
+                used: r.used,
                 undo: false,
                 reply: None,
             };
@@ -700,11 +702,8 @@ impl RedisLimiter {
             return;
         };
         rt.spawn(async move {
-            let charges = [close.charge];
-            if let Err(e) = me
-                .settle_redis(&close.id, &charges, close.used, false)
-                .await
-            {
+            let charges = [r.charge];
+            if let Err(e) = me.settle_redis(r.member, &charges, r.used, false).await {
                 tracing::warn!(error = %e, "rate limiter: block settle failed");
             }
         });
@@ -792,7 +791,7 @@ impl RedisLimiter {
                 // Give back what was charged, scope by scope (each in its own slot).
                 join_all(charges.iter().map(|c| async move {
                     let req = SettleReq {
-                        id: &demand.request_id,
+                        member: member(&demand.request_id),
                         charges: std::slice::from_ref(c),
                         used: 0,
                         undo: true,
@@ -871,7 +870,7 @@ impl RedisLimiter {
                 let s: Vec<SettleReq<'_>> = settles
                     .iter()
                     .map(|j| SettleReq {
-                        id: &j.id,
+                        member: j.member,
                         charges: &j.charges,
                         used: j.used,
                         undo: j.undo,
@@ -928,7 +927,7 @@ impl RedisLimiter {
         rt.spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if let Err(e) = me
-                .settle_redis(&job.id, &job.charges, job.used, job.undo)
+                .settle_redis(job.member, &job.charges, job.used, job.undo)
                 .await
             {
                 tracing::warn!(error = %e, "rate limiter: settle failed");
@@ -1053,19 +1052,14 @@ impl RedisLimiter {
         if charges.is_empty() {
             return;
         }
-        let id = demand.request_id.clone();
+        let m = member(&demand.request_id);
         rt.spawn(async move {
-            let _ = me.settle_redis(&id, &charges, 0, true).await;
+            let _ = me.settle_redis(m, &charges, 0, true).await;
         });
     }
 
-    async fn settle_redis(
-        &self,
-        request_id: &str,
-        charges: &[Charge],
-        used: u64,
-        undo: bool,
-    ) -> Result<()> {
+    /// Settles the open-set member `m` (a request, or a block's) on each of `charges`.
+    async fn settle_redis(&self, m: i64, charges: &[Charge], used: u64, undo: bool) -> Result<()> {
         let charges: Vec<Charge> = charges
             .iter()
             .filter(|c| undo || c.needs_settle())
@@ -1084,7 +1078,7 @@ impl RedisLimiter {
                     let pool = &pool;
                     for r in join_all(charges.iter().map(|c| async move {
                         let req = SettleReq {
-                            id: request_id,
+                            member: m,
                             charges: std::slice::from_ref(c),
                             used,
                             undo,
@@ -1099,7 +1093,7 @@ impl RedisLimiter {
                 } else {
                     let (reply, rx) = oneshot::channel();
                     let job = SettleJob {
-                        id: request_id.to_owned(),
+                        member: m,
                         charges: charges.clone(),
                         used,
                         undo,
@@ -1238,10 +1232,9 @@ impl RateLimiter for RedisLimiter {
             match admitted.placement {
                 Placement::Nowhere => Ok(()),
                 Placement::Prefetched => {
-                    for close in Prefetch::settle(&admitted.blocks, used, undo) {
-                        let charges = [close.charge];
-                        self.settle_redis(&close.id, &charges, close.used, false)
-                            .await?;
+                    for r in Prefetch::settle(&admitted.blocks, used, undo) {
+                        let charges = [r.charge];
+                        self.settle_redis(r.member, &charges, r.used, false).await?;
                     }
                     Ok(())
                 }
@@ -1250,7 +1243,7 @@ impl RateLimiter for RedisLimiter {
                     Ok(())
                 }
                 Placement::Primary => {
-                    self.settle_redis(request_id, &admitted.charges, used, undo)
+                    self.settle_redis(member(request_id), &admitted.charges, used, undo)
                         .await
                 }
             }
@@ -1264,8 +1257,8 @@ impl RateLimiter for RedisLimiter {
         match admitted.placement {
             Placement::Primary => {}
             Placement::Prefetched => {
-                for close in Prefetch::settle(&admitted.blocks, used, false) {
-                    self.close_block(close);
+                for r in Prefetch::settle(&admitted.blocks, used, false) {
+                    self.release(r);
                 }
                 return true;
             }
@@ -1282,7 +1275,7 @@ impl RateLimiter for RedisLimiter {
             return true;
         }
         let job = SettleJob {
-            id: request_id.to_owned(),
+            member: member(request_id),
             charges,
             used,
             undo: false,

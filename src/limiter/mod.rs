@@ -3,7 +3,8 @@
 //!
 //! This module owns the [`RateLimiter`] trait and its two implementations of one algorithm,
 //! GCRA ([`gcra`]): [`LocalLimiter`] in this process and [`RedisLimiter`] in Redis (one Lua
-//! script, one round trip per admission, Redis's clock). It also owns the `rate_limit` config
+//! script, one round trip per admission, Redis's clock; none while a busy scope is far from its
+//! limits and admits from blocks fetched ahead, [`prefetch`]). It also owns the `rate_limit` config
 //! block ([`RateLimitConfig`]), how a request maps onto scopes ([`KeyStrategy`], [`Caller`]),
 //! the token reservation of a request ([`reservation`]), and the [`Ticket`] that settles an
 //! admission exactly once.
@@ -40,6 +41,8 @@ pub const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 /// `used` for a settle that keeps the reservation as charged (a call abandoned before its
 /// usage was known) and only gives back its parallel slot.
 pub const KEEP_RESERVATION: u64 = u64::MAX;
+/// The longest `prefetch_ms`: a block's window is a moment, not a share of the minute.
+pub const MAX_PREFETCH_MS: u64 = 1000;
 /// The wait suggested to a request refused for too many parallel requests.
 pub const PARALLEL_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -673,6 +676,9 @@ pub struct RateLimitConfig {
     pub on_redis_failure: FailPolicy,
     /// How images and audio count toward token limits (0: only as requests).
     pub media: MediaWeights,
+    /// How long a block of admissions fetched ahead from Redis may be used (`prefetch_ms`;
+    /// zero decides every admission in Redis). See [`prefetch`].
+    pub prefetch: Duration,
 }
 
 /// How images and seconds of audio count toward token limits (`rate_limit.tokens_per_image`,
@@ -713,12 +719,13 @@ impl Default for RateLimitConfig {
             key_strategy: KeyStrategy::ApiKey,
             on_redis_failure: FailPolicy::Local,
             media: MediaWeights::default(),
+            prefetch: distributed::DEFAULT_PREFETCH,
         }
     }
 }
 
 impl RateLimitConfig {
-    pub const KEYS: [&'static str; 11] = [
+    pub const KEYS: [&'static str; 12] = [
         "enabled",
         "distributed",
         "requests_per_minute",
@@ -730,6 +737,7 @@ impl RateLimitConfig {
         "on_redis_failure",
         "tokens_per_image",
         "tokens_per_audio_second",
+        "prefetch_ms",
     ];
 
     /// Reads the block; an unknown key or a value of the wrong type is an `invalid_config`
@@ -755,6 +763,15 @@ impl RateLimitConfig {
                 "on_redis_failure" => c.on_redis_failure = FailPolicy::parse(text(k, val)?)?,
                 "tokens_per_image" => c.media.tokens_per_image = count(k, val)?,
                 "tokens_per_audio_second" => c.media.tokens_per_audio_second = count(k, val)?,
+                "prefetch_ms" => {
+                    let ms = count(k, val)?;
+                    if ms > MAX_PREFETCH_MS {
+                        return Err(Error::invalid_config(format!(
+                            "rate_limit.prefetch_ms must be at most {MAX_PREFETCH_MS}, got {ms}"
+                        )));
+                    }
+                    c.prefetch = Duration::from_millis(ms);
+                }
                 other => {
                     return Err(Error::invalid_config(format!(
                         "rate_limit.{other}: unknown key (known: {})",
@@ -899,6 +916,7 @@ pub async fn build_limiter(
     };
     let opts = RedisLimiterOptions {
         policy: cfg.on_redis_failure,
+        prefetch: cfg.prefetch,
         ..Default::default()
     };
     Ok(RedisLimiter::start(redis.clone(), opts).await)
@@ -1068,7 +1086,12 @@ mod tests {
         assert_eq!(c.requests_per_minute, Some(100));
         assert_eq!(c.key_strategy, KeyStrategy::ApiKeyModel);
         assert_eq!(c.on_redis_failure, FailPolicy::Closed);
+        assert_eq!(c.prefetch, distributed::DEFAULT_PREFETCH);
+        let off = RateLimitConfig::from_json(&json!({"prefetch_ms": 0})).unwrap();
+        assert_eq!(off.prefetch, Duration::ZERO);
         for bad in [
+            json!({"prefetch_ms": 1001}),
+            json!({"prefetch_ms": -5}),
             json!({"requests_per_min": 1}),
             json!({"requests_per_minute": "ten"}),
             json!({"key_strategy": "ip"}),

@@ -1,10 +1,11 @@
 //! Prefetched admissions: while a scope is far from its limits, a process fetches a block of
-//! requests and tokens from Redis ahead of its demand and admits from it by itself, with no round
-//! trip, for a short window ([`super::RedisLimiterOptions::prefetch`], 50 ms by default).
+//! requests, tokens and parallel slots from Redis ahead of its demand and admits from it by
+//! itself, with no round trip, for a short window ([`super::RedisLimiterOptions::prefetch`],
+//! 50 ms by default).
 //!
-//! This module owns the blocks a process holds, the demand that sizes them, and the tallies that
-//! settle a block's tokens in Redis once. Redis decides whether to grant a block, and how large
-//! (`scripts/limits.lua`).
+//! This module owns the blocks a process holds, the demand that sizes them, and each block's
+//! account ([`Tally`]): its tokens, settled in Redis once, and its parallel slots, given back
+//! one by one. Redis decides whether to grant a block, and how large (`scripts/limits.lua`).
 //!
 //! Why the limits stay exact: a block is charged in Redis as if all of its admissions came at
 //! the end of its window (its TAT starts no earlier than that), and it is used only within the
@@ -15,16 +16,21 @@
 //! period of a limit therefore admits at most what GCRA allows one by one: the limit plus the
 //! burst, whatever the number of processes.
 //!
-//! A block is granted only while the scope's bucket stays at most half full after it, so near
-//! a limit every admission is decided in Redis, one by one. What blocks cost: the requests of
-//! a block that its window leaves unused stay charged (blocks are sized at 1.25x the demand of
-//! the last window), and a block started on an idle scope uses up to one window of the rate;
-//! both come out of the burst of a scope that is far from its limit. Tokens are exact: a block's
-//! tokens are settled like one request's, with the tokens its admissions really used, once its
-//! window has ended and its last admission has settled.
+//! A block is granted only while the scope's buckets stay at most half full after it (and its
+//! parallel slots keep the open requests at most half the parallel limit), and only when it is
+//! worth it (16 requests, 4 slots), so near a limit, or on a small one, every admission is
+//! decided in Redis, one by one. What blocks cost: the requests of a block that its window
+//! leaves unused stay charged (blocks are sized at 1.25x the demand of the last window), and a
+//! block started on an idle scope uses up to one window of the rate; both come out of the burst
+//! of a scope far from its limit. Tokens are exact: a block's tokens are settled like one
+//! request's, with the tokens its admissions really used, once its window has ended and its last
+//! admission has settled.
 //!
-//! Scopes with a parallel limit never get blocks: the requests in flight are counted in Redis,
-//! one by one.
+//! Parallel slots are exact too: each is a member of the scope's open sets, counted by every
+//! process, held by at most one request at a time. A slot freed within the window serves the
+//! next admission here; at the end of the window the free slots are given back, and a slot
+//! still in use is given back when its request settles. A process thus holds idle slots for at
+//! most a window, and only while the scope is under half its parallel limit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +43,10 @@ use super::{Charge, Demand, RateInfo, ScopeLimits, KEEP_RESERVATION};
 const MIN_DEMAND: u64 = 16;
 /// The largest block asked for, in requests.
 const MAX_BLOCK: u64 = 1 << 20;
+/// Parallel slots asked for a scope's first block, and the fewest ever asked.
+const FIRST_SLOTS: u64 = 8;
+/// The most parallel slots asked for at once.
+const MAX_SLOTS: u64 = 4096;
 /// Scopes remembered before idle ones are forgotten.
 const MAX_SCOPES: usize = 10_000;
 
@@ -45,19 +55,22 @@ const MAX_SCOPES: usize = 10_000;
 pub(crate) struct Ask {
     pub requests: u64,
     pub tokens: u64,
-    /// Names the block in the open sets (a scope with a token limit settles it).
-    pub id: String,
+    pub slots: u64,
+    /// The block's first open-set member; its parallel slots are the members from it up.
+    pub member: i64,
 }
 
 /// A block as granted by the script: requests (-1: no requests limit), remaining requests, µs
-/// until requests reset, tokens (-1: no token limit), remaining tokens, µs until tokens reset.
-pub(crate) type Granted = [i64; 6];
+/// until requests reset, tokens (-1: no token limit), remaining tokens, µs until tokens reset,
+/// parallel slots (-1: no parallel limit).
+pub(crate) type Granted = [i64; 7];
 
-/// The token account of one block, settled in Redis once: when its window has ended and its
-/// last admission has settled.
+/// The account of one block: its tokens, settled in Redis once (when its window has ended and
+/// its last admission has settled), and its parallel slots.
 #[derive(Debug)]
 pub struct Tally {
-    id: String,
+    /// The block's first member (its slot 0; it settles the tokens).
+    member: i64,
     /// The scope's charge; its tokens are the block's.
     charge: Charge,
     state: Mutex<TallyState>,
@@ -70,43 +83,62 @@ struct TallyState {
     /// Tokens used minus tokens granted, so far (admissions count their reservation until they
     /// settle).
     delta: i128,
+    /// Parallel slots free for the next admission (indexes from the first member).
+    free: Vec<u32>,
+    /// The most slots in use at once.
+    peak: u32,
+    slots: u32,
     expired: bool,
     closed: bool,
 }
 
-/// A block's settle, to queue like a request's: the tokens its admissions used, against the
-/// block's charge.
+/// A member of the open sets to settle in Redis: a block's first one (with the tokens its
+/// admissions used) or one of its parallel slots (nothing to charge).
 #[derive(Debug)]
-pub(crate) struct Close {
-    pub id: String,
+pub(crate) struct Release {
+    pub member: i64,
     pub charge: Charge,
     pub used: u64,
 }
 
 impl Tally {
-    fn close_if_done(&self, st: &mut TallyState) -> Option<Close> {
-        if !st.expired || st.open > 0 || st.closed {
-            return None;
-        }
-        st.closed = true;
-        let used = (i128::from(self.charge.tokens) + st.delta).clamp(0, i128::from(u64::MAX - 1));
-        Some(Close {
-            id: self.id.clone(),
-            charge: self.charge.clone(),
-            used: used as u64,
-        })
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, TallyState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Gives back slot `i` in Redis (slot 0 goes with the block's settle).
+    fn release_slot(&self, i: u32, out: &mut Vec<Release>) {
+        if i > 0 {
+            out.push(Release {
+                member: self.member + i64::from(i),
+                charge: self.charge.clone(),
+                used: self.charge.tokens,
+            });
+        }
+    }
+
+    /// The block's settle, once: when its window is over and its admissions have settled.
+    fn close_if_done(&self, st: &mut TallyState, out: &mut Vec<Release>) {
+        if !st.expired || st.open > 0 || st.closed {
+            return;
+        }
+        st.closed = true;
+        let used = (i128::from(self.charge.tokens) + st.delta).clamp(0, i128::from(u64::MAX - 1));
+        out.push(Release {
+            member: self.member,
+            charge: self.charge.clone(),
+            used: used as u64,
+        });
+    }
 }
 
-/// An admission's share of a block's tokens, given back when it settles.
+/// An admission's part of a block: its tokens and its parallel slot, given back when it
+/// settles.
 #[derive(Debug)]
 pub struct BlockUse {
     tally: Arc<Tally>,
     tokens: u64,
+    slot: Option<u32>,
 }
 
 /// What a scope's process holds: its demand, and its current block.
@@ -118,6 +150,8 @@ struct Credit {
     seen_tokens: u64,
     last: u64,
     last_tokens: u64,
+    /// Parallel slots to ask for next.
+    slots: u64,
     /// A call asking for a block is in flight.
     asking: bool,
     block: Option<Block>,
@@ -134,10 +168,16 @@ struct Block {
 }
 
 impl Block {
-    fn covers(&self, now: Instant, cost: u64) -> bool {
+    /// Whether the block can admit one more request costing `cost` tokens now.
+    fn covers(&self, now: Instant, cost: u64, parallel: bool) -> bool {
         now < self.until
             && self.requests.is_none_or(|r| r >= 1)
             && self.tokens.is_none_or(|t| t >= cost)
+            && (!parallel
+                || self
+                    .tally
+                    .as_ref()
+                    .is_some_and(|t| !t.lock().free.is_empty()))
     }
 
     /// The limits as the block's admissions see them: what Redis had left after the block,
@@ -162,6 +202,7 @@ impl Credit {
             seen_tokens: 0,
             last: 0,
             last_tokens: 0,
+            slots: FIRST_SLOTS,
             asking: false,
             block: None,
         }
@@ -190,25 +231,18 @@ impl Credit {
 pub(crate) struct Prefetch {
     window: Duration,
     credits: Mutex<HashMap<String, Credit>>,
-    /// Names blocks uniquely: this process's instance and a counter.
-    instance: String,
+    /// Blocks are named by a random base and a counter: members below 2^52 (exact in Lua).
     next: AtomicU64,
     pub blocks: AtomicU64,
     pub admitted: AtomicU64,
 }
 
-/// Whether a scope may get blocks: a requests or tokens limit, and no parallel limit.
-fn eligible(s: &ScopeLimits) -> bool {
-    s.max_parallel.is_none() && (s.rpm.is_some() || s.tpm.is_some())
-}
-
 impl Prefetch {
-    pub fn new(window: Duration, instance: &str) -> Self {
+    pub fn new(window: Duration) -> Self {
         Prefetch {
             window,
             credits: Mutex::new(HashMap::new()),
-            instance: instance.to_owned(),
-            next: AtomicU64::new(0),
+            next: AtomicU64::new(rand::random::<u64>()),
             blocks: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
         }
@@ -221,7 +255,7 @@ impl Prefetch {
     /// Admits `demand` from the blocks this process holds, when every scope of it has one that
     /// covers it; `None` sends it to Redis. Either way its demand is counted.
     pub fn try_admit(&self, demand: &Demand) -> Option<(Vec<Charge>, RateInfo, Vec<BlockUse>)> {
-        if self.window.is_zero() || !demand.scopes.iter().all(|s| s.is_empty() || eligible(s)) {
+        if self.window.is_zero() {
             return None;
         }
         let now = Instant::now();
@@ -246,7 +280,17 @@ impl Prefetch {
             c.roll(now, self.window);
             c.seen += 1;
             c.seen_tokens = c.seen_tokens.saturating_add(cost);
-            covered &= c.block.as_ref().is_some_and(|b| b.covers(now, cost));
+            let parallel = s.max_parallel.is_some();
+            covered &= match &c.block {
+                Some(b) if b.covers(now, cost, parallel) => true,
+                Some(b) if parallel && now < b.until => {
+                    // Out of slots while the block lasts: ask for more next time.
+                    let slots = b.tally.as_ref().map_or(0, |t| u64::from(t.lock().slots));
+                    c.slots = c.slots.max(slots.saturating_mul(2)).min(MAX_SLOTS);
+                    false
+                }
+                _ => false,
+            };
         }
         if !covered {
             return None;
@@ -263,9 +307,17 @@ impl Prefetch {
                 let mut st = t.lock();
                 st.open += 1;
                 st.delta += i128::from(cost);
+                let slot = if s.max_parallel.is_some() {
+                    let slot = st.free.pop();
+                    st.peak = st.peak.max(st.slots - st.free.len() as u32);
+                    slot
+                } else {
+                    None
+                };
                 uses.push(BlockUse {
                     tally: t.clone(),
                     tokens: cost,
+                    slot,
                 });
             }
             super::distributed::merge_info(&mut info, &b.info());
@@ -278,7 +330,7 @@ impl Prefetch {
     /// Whether a call that admits on `s` should ask for a block, and how large: when the scope
     /// is busy enough and no call is asking already.
     pub fn ask(&self, s: &ScopeLimits) -> Option<Ask> {
-        if self.window.is_zero() || !eligible(s) {
+        if self.window.is_zero() || s.is_empty() {
             return None;
         }
         let now = Instant::now();
@@ -302,20 +354,19 @@ impl Prefetch {
         } else {
             0
         };
-        let id = format!(
-            "block:{}:{}",
-            self.instance,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
+        let slots = if s.max_parallel.is_some() { c.slots } else { 0 };
+        // Below 2^52, with room above it for the slots (MAX_SLOTS = 2^12).
+        let member = ((self.next.fetch_add(MAX_SLOTS, Ordering::Relaxed) >> 12) % (1 << 40)) << 12;
         Some(Ask {
             requests,
             tokens,
-            id,
+            slots,
+            member: member as i64,
         })
     }
 
-    /// Takes what Redis granted for `ask` (sent at `sent`). Returns the block's tally when it
-    /// has tokens to settle: the caller expires it at the end of its window.
+    /// Takes what Redis granted for `ask` (sent at `sent`). Returns the block's account when it
+    /// has tokens or slots: the caller ends its window at the instant returned.
     pub fn granted(
         &self,
         s: &ScopeLimits,
@@ -333,17 +384,23 @@ impl Prefetch {
         let until = sent + self.window;
         let count = |v: i64| u64::try_from(v).ok();
         let us = |v: i64| Duration::from_micros(v.max(0) as u64);
-        let tally = match (s.tpm, count(g[3])) {
-            (Some(_), Some(tokens)) => Some(Arc::new(Tally {
-                id: ask.id.clone(),
-                charge: Charge::of(s, tokens),
+        let tokens = count(g[3]).filter(|_| s.tpm.is_some());
+        let slots = count(g[6])
+            .filter(|_| s.max_parallel.is_some())
+            .map_or(0, |p| p.min(MAX_SLOTS) as u32);
+        let tally = (tokens.is_some() || slots > 0).then(|| {
+            let t = tokens.unwrap_or(0);
+            Arc::new(Tally {
+                member: ask.member,
+                charge: Charge::of(s, t),
                 state: Mutex::new(TallyState {
-                    delta: -i128::from(tokens),
+                    delta: -i128::from(t),
+                    free: (0..slots).rev().collect(),
+                    slots,
                     ..TallyState::default()
                 }),
-            })),
-            _ => None,
-        };
+            })
+        });
         let info = RateInfo {
             limit_requests: s.rpm.filter(|_| g[0] > 0).map(|r| r.limit),
             remaining_requests: count(g[1]).filter(|_| g[0] > 0),
@@ -355,7 +412,7 @@ impl Prefetch {
         c.block = Some(Block {
             until,
             requests: count(g[0]),
-            tokens: count(g[3]),
+            tokens,
             info,
             tally: tally.clone(),
         });
@@ -369,31 +426,41 @@ impl Prefetch {
         }
     }
 
-    /// The end of a block's window: no more admissions from it; its settle when its
-    /// admissions have all settled.
-    pub fn expire(&self, scope: &str, tally: &Arc<Tally>) -> Option<Close> {
-        {
-            let mut credits = self.lock();
-            if let Some(c) = credits.get_mut(scope) {
-                let current = c
-                    .block
-                    .as_ref()
-                    .and_then(|b| b.tally.as_ref())
-                    .is_some_and(|t| Arc::ptr_eq(t, tally));
-                if current {
-                    c.block = None;
-                }
+    /// The end of a block's window: no more admissions from it; its free slots go back, and
+    /// its settle when its admissions have all settled.
+    pub fn expire(&self, scope: &str, tally: &Arc<Tally>) -> Vec<Release> {
+        let mut out = Vec::new();
+        let peak = {
+            let mut st = tally.lock();
+            st.expired = true;
+            for i in std::mem::take(&mut st.free) {
+                tally.release_slot(i, &mut out);
+            }
+            tally.close_if_done(&mut st, &mut out);
+            (st.slots > 0).then_some(u64::from(st.peak))
+        };
+        let mut credits = self.lock();
+        if let Some(c) = credits.get_mut(scope) {
+            let current = c
+                .block
+                .as_ref()
+                .and_then(|b| b.tally.as_ref())
+                .is_some_and(|t| Arc::ptr_eq(t, tally));
+            if current {
+                c.block = None;
+            }
+            // The next block's slots: the most this one had in use, and a quarter more.
+            if let Some(peak) = peak {
+                c.slots = (peak + peak / 4 + 1).clamp(FIRST_SLOTS, MAX_SLOTS);
             }
         }
-        let mut st = tally.lock();
-        st.expired = true;
-        tally.close_if_done(&mut st)
+        out
     }
 
-    /// Settles admissions from blocks: their tokens count in their blocks. Returns the blocks
-    /// now due to settle in Redis.
-    pub fn settle(uses: &[BlockUse], used: u64, undo: bool) -> Vec<Close> {
-        let mut closes = Vec::new();
+    /// Settles admissions from blocks: their tokens count in their blocks, their slots serve
+    /// again while their block lasts. Returns what is now due in Redis.
+    pub fn settle(uses: &[BlockUse], used: u64, undo: bool) -> Vec<Release> {
+        let mut out = Vec::new();
         for u in uses {
             let mut st = u.tally.lock();
             st.open = st.open.saturating_sub(1);
@@ -404,8 +471,15 @@ impl Prefetch {
             } else {
                 i128::from(used) - i128::from(u.tokens)
             };
-            closes.extend(u.tally.close_if_done(&mut st));
+            if let Some(i) = u.slot {
+                if st.expired {
+                    u.tally.release_slot(i, &mut out);
+                } else {
+                    st.free.push(i);
+                }
+            }
+            u.tally.close_if_done(&mut st, &mut out);
         }
-        closes
+        out
     }
 }

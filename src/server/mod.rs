@@ -39,7 +39,7 @@ use crate::config::{self, SharedState};
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::hooks::builtin::{BudgetHook, BudgetScope, RequestLog, SpendLedger};
-use crate::limiter::{FailPolicy, MediaWeights, RateLimitConfig};
+use crate::limiter::{MediaWeights, RateLimitConfig};
 use crate::router::Router;
 use crate::telemetry::otlp::OtlpLayer;
 use crate::telemetry::OtlpConfig;
@@ -82,8 +82,8 @@ pub struct Gateway {
     pub shared: SharedState,
     /// Spend per key and team (in Redis when the gateway has one), kept across reloads.
     pub spend: SpendLedger,
-    /// Limits placement fixed at start: `(failure policy, limits kept in process)`.
-    placement: (FailPolicy, bool),
+    /// Limits placement fixed at start.
+    placement: config::LimitPlacement,
     redis_source: Option<Value>,
     telemetry: Option<OtlpConfig>,
     pub metrics: metrics::Metrics,
@@ -120,8 +120,7 @@ impl Gateway {
     ) -> Result<Arc<Self>> {
         let placement =
             config::limit_placement(cfg.rate_limit.as_ref(), cfg.rate_limit_explicit_local);
-        let shared =
-            config::shared_state(cfg.redis.as_ref(), placement.0, placement.1, STATS_LEASE).await?;
+        let shared = config::shared_state(cfg.redis.as_ref(), &placement, STATS_LEASE).await?;
         let gw = Gateway {
             live: RwLock::new(Arc::new(Live {
                 router: Arc::new(Router::new(
@@ -252,7 +251,7 @@ impl Gateway {
             config::limit_placement(cfg.rate_limit.as_ref(), cfg.rate_limit_explicit_local);
         if placement != self.placement || cfg.redis_source != self.redis_source {
             return Err(Error::invalid_config(
-                "redis / rate_limit.distributed / rate_limit.on_redis_failure changed: these need a restart",
+                "redis / rate_limit.distributed / rate_limit.on_redis_failure / rate_limit.prefetch_ms changed: these need a restart",
             ));
         }
         if cfg.telemetry != self.telemetry {

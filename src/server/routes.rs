@@ -409,7 +409,7 @@ async fn readiness(gw: &Gateway, rid: &str) -> Response<Out> {
     let closing = gw.shutting_down.load(Ordering::Relaxed);
     // Without Redis the limiter still decides under `local` and `open`; under `closed` it
     // refuses everything, so the instance is not ready.
-    let limiter_blind = redis == Some(false) && gw.placement.0 == FailPolicy::Closed;
+    let limiter_blind = redis == Some(false) && gw.placement.policy == FailPolicy::Closed;
     let ready = !closing && !limiter_blind;
     let loaded = live
         .loaded_at

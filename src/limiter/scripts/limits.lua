@@ -18,7 +18,8 @@
 -- ARGV[1] scopes, ARGV[2] settles, ARGV[3] admissions, ARGV[4] lease ms, ARGV[5] prefetch
 -- window µs; then per scope: requests interval, requests tolerance, tokens interval, tokens
 -- tolerance (µs; interval 0 = no such limit), max parallel (0 = none), then the block it asks
--- for (requests, tokens; 0 0 asks none) and the block's member; then per settle: request member, 1 to undo the request
+-- for (requests, tokens, parallel slots; 0 0 0 asks none) and the block's member; then per
+-- settle: request member, 1 to undo the request
 -- itself (else 0), its number of scopes, and per scope two: scope index (1-based), token delta
 -- (tokens used minus tokens reserved; 0 keeps the reservation as charged); then per admission:
 -- request member, its number of scopes, and per scope two: scope index, token cost.
@@ -29,20 +30,22 @@
 -- Within one call each TAT is read and written at most once, each open set is counted once,
 -- and each is searched, shrunk and grown by one command at most.
 --
--- Blocks ("prefetch"): after the admissions, a scope without a parallel limit may be asked for
--- a block of requests and tokens that its process then admits from by itself within the window.
+-- Blocks ("prefetch"): after the admissions, a scope may be asked for a block of requests,
+-- tokens and parallel slots that its process then admits from by itself within the window.
 -- A block is charged as if all of it came at the end of the window (its TAT starts no earlier
--- than now + window), and only while the scope's bucket stays at most half full after it; a
--- smaller block than asked is granted when only that fits, none when less than 16 requests do. A block of
--- a scope with a token limit joins the open sets under its member: the process settles it like
--- a request (the tokens its admissions used minus the block), once.
+-- than now + window), and only while the scope's buckets stay at most half full after it, and
+-- its parallel slots keep the open requests at most half the parallel limit; a smaller block
+-- than asked is granted when only that fits, none when too little does. A block joins the open
+-- sets: one member per parallel slot (the process gives each back when it is done with it),
+-- else one member when it has tokens; its process settles the block's tokens like a request's
+-- (the tokens its admissions used minus the block's), once, by its first member.
 --
 -- Returns the number of scope settles applied, then five numbers per admission: {1, remaining
 -- requests, µs until requests reset, remaining tokens, µs until tokens reset} (-1 where no
 -- scope has that limit), or {0, scope index within the request (1-based), what (1 requests,
--- 2 tokens, 3 parallel), µs to wait (-1: never), 0}; then six per scope: the block granted
+-- 2 tokens, 3 parallel), µs to wait (-1: never), 0}; then seven per scope: the block granted
 -- {requests (-1: no such limit), remaining requests, µs until requests reset, tokens, remaining
--- tokens, µs until tokens reset}, zeros when none; as one string of little-endian 8-byte
+-- tokens, µs until tokens reset, parallel slots}, zeros when none; as one string of little-endian 8-byte
 -- integers (Redis's `struct` library), which costs both sides less than an array of numbers.
 local call, floor, ceil, max, min, unpack = redis.call, math.floor, math.ceil, math.max, math.min,
   unpack
@@ -62,15 +65,16 @@ local epoch = floor(now_ms / lease)
 local cur_suffix, prev_suffix = format(':%d', epoch), format(':%d', epoch - 1)
 
 -- Per scope: {rpm key, tpm key, open set now, open set before, rt, rtau, tt, ttau, maxp,
--- tracked, block requests asked, block tokens asked, block member}.
+-- tracked, block requests asked, block tokens asked, block slots asked, block member}.
 local scopes = {}
 for i = 1, nscopes do
-  local a, k = 5 + (i - 1) * 8, (i - 1) * 3
+  local a, k = 5 + (i - 1) * 9, (i - 1) * 3
   local tt, maxp = tonumber(argv[a + 3]), tonumber(argv[a + 5])
   scopes[i] = {
     keys[k + 1], keys[k + 2], keys[k + 3] .. cur_suffix, keys[k + 3] .. prev_suffix,
     tonumber(argv[a + 1]), tonumber(argv[a + 2]), tt, tonumber(argv[a + 4]), maxp,
-    tt > 0 or maxp > 0, tonumber(argv[a + 6]), tonumber(argv[a + 7]), argv[a + 8],
+    tt > 0 or maxp > 0, tonumber(argv[a + 6]), tonumber(argv[a + 7]), tonumber(argv[a + 8]),
+    argv[a + 9],
   }
 end
 
@@ -115,7 +119,7 @@ end
 -- each scope's open sets are searched and shrunk once (the previous epoch's only when it has
 -- members); then the (request, scope) pairs apply in order, the k-th pair of a scope reading
 -- the k-th answer of its search.
-local first = 5 + nscopes * 8
+local first = 5 + nscopes * 9
 local a = first
 local wanted, nwanted = {}, {}
 for _ = 1, settles do
@@ -273,15 +277,18 @@ for _ = 1, admits do
   a = a + n * 2
 end
 
--- Blocks, after every admission of the call; one of fewer than MIN_BLOCK requests (or fewer
--- tokens than that many of the average asked) is not worth a window of waste: none then.
-local MIN_BLOCK = 16
+-- Blocks, after every admission of the call. One of fewer than MIN_BLOCK requests (or fewer
+-- tokens than that many of the average asked), or of fewer than MIN_SLOTS parallel slots, is
+-- not worth a window of waste: none then. A block's parallel slots are open-set members from
+-- its member up (members of blocks are below 2^52, exact in Lua's numbers).
+local MIN_BLOCK, MIN_SLOTS = 16, 4
 for si = 1, nscopes do
   local s = scopes[si]
-  local k, rr, rs, x, tr, ts = 0, 0, 0, 0, 0, 0
-  if s[11] > 0 and s[9] == 0 then
+  local k, rr, rs, x, tr, ts, p = 0, 0, 0, 0, 0, 0, 0
+  if s[11] > 0 then
     local new_r, new_t
-    k, x = -1, -1
+    local ok = true
+    k, x, p = -1, -1, -1
     if s[5] > 0 then
       local base = max(get_tat(s[1]), now + window)
       k = min(s[11], floor((now + s[6] / 2 - base) / s[5]))
@@ -289,32 +296,38 @@ for si = 1, nscopes do
         new_r = base + k * s[5]
         rr, rs = floor((s[6] - (new_r - now) + 0.001) / s[5]), ceil(new_r - now)
       else
-        k = 0
+        ok = false
       end
     end
-    if k ~= 0 and s[7] > 0 then
+    if ok and s[7] > 0 then
       local base = max(get_tat(s[2]), now + window)
       x = min(s[12], floor((now + s[8] / 2 - base) / s[7]))
       if x >= max(1, s[12] * MIN_BLOCK / s[11]) then
         new_t = base + x * s[7]
         tr, ts = floor((s[8] - (new_t - now) + 0.001) / s[7]), ceil(new_t - now)
       else
-        x = 0
+        ok = false
       end
     end
-    if k == 0 or x == 0 or (k < 0 and x < 0) then
-      k, rr, rs, x, tr, ts = 0, 0, 0, 0, 0, 0
+    if ok and s[9] > 0 then
+      p = min(s[13], floor(s[9] / 2) - open_of(si, s))
+      if p < MIN_SLOTS then ok = false end
+    end
+    if not ok or (k < 0 and x < 0 and p < 0) then
+      k, rr, rs, x, tr, ts, p = 0, 0, 0, 0, 0, 0, 0
     else
       if new_r then put_tat(s[1], new_r) end
-      if new_t then
-        put_tat(s[2], new_t)
-        if open_count[si] then open_count[si] = open_count[si] + 1 end
-        push(adds, nadds, si, s[13])
-      end
+      if new_t then put_tat(s[2], new_t) end
+      -- The block's members: one per parallel slot, else one to settle its tokens by.
+      local members = p > 0 and p or (new_t and 1 or 0)
+      local m = tonumber(s[14])
+      for j = 0, members - 1 do push(adds, nadds, si, format('%.0f', m + j)) end
+      if open_count[si] then open_count[si] = open_count[si] + members end
     end
   end
-  out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] = k, rr, rs, x, tr, ts
-  o = o + 6
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] =
+    k, rr, rs, x, tr, ts, p
+  o = o + 7
 end
 
 for key in pairs(dirty) do
