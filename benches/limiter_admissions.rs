@@ -1,7 +1,7 @@
-//! Admissions per second through the limiter: in process, and through Redis (one `EVALSHA`
-//! per admission on one multiplexed connection), at concurrency 1 and 64, with the latency of
-//! one admission (p50 / p99). Starts its own `redis-server` on a free port (or uses
-//! `REDIS_URL`).
+//! Admissions per second through the limiter: in process, and through Redis (each admission
+//! decided by a script call, batched on one multiplexed connection; and with blocks fetched
+//! ahead, the default), at concurrency 1, 64 and 256, with the latency of one admission (p50 /
+//! p99). Starts its own `redis-server` on a free port (or uses `REDIS_URL`).
 //!
 //!     cargo bench --bench limiter_admissions [-- --seconds 5]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -123,19 +123,27 @@ fn main() {
         .unwrap();
     let (url, _server) = redis();
     rt.block_on(async {
-        let remote: Arc<dyn RateLimiter> = RedisLimiter::start(
-            RedisConfig::new(RedisTarget::Url(url)),
-            RedisLimiterOptions {
-                policy: FailPolicy::Closed,
-                ..Default::default()
-            },
-        )
-        .await;
+        let start = |prefetch: Duration| {
+            RedisLimiter::start(
+                RedisConfig::new(RedisTarget::Url(url.clone())),
+                RedisLimiterOptions {
+                    policy: FailPolicy::Closed,
+                    prefetch,
+                    ..Default::default()
+                },
+            )
+        };
+        let each: Arc<dyn RateLimiter> = start(Duration::ZERO).await;
+        let remote: Arc<dyn RateLimiter> = start(RedisLimiterOptions::default().prefetch).await;
         let local: Arc<dyn RateLimiter> = Arc::new(LocalLimiter::new());
         println!("# limiter admissions (admit + settle per request, {seconds} s each)\n");
         println!("| limiter | limits | concurrency | admissions/s | p50 admit | p99 admit |");
         println!("|---|---|---:|---:|---:|---:|");
-        for (name, l) in [("in process", &local), ("redis", &remote)] {
+        for (name, l) in [
+            ("in process", &local),
+            ("redis, one by one", &each),
+            ("redis, blocks", &remote),
+        ] {
             for (limits, full) in [("rpm", false), ("rpm+tpm+parallel", true)] {
                 for c in [1, 64, 256] {
                     let (rate, p50, p99) = run(l.clone(), full, c, seconds).await;
@@ -143,7 +151,9 @@ fn main() {
                 }
             }
         }
-        let s = remote.stats();
-        assert_eq!(s.redis_errors, 0, "{s:?}");
+        for l in [&each, &remote] {
+            let s = l.stats();
+            assert_eq!(s.redis_errors, 0, "{s:?}");
+        }
     });
 }

@@ -1,7 +1,8 @@
 """What rate limiting costs: llmux.acompletion throughput with no limit, with an in-process
-limit, and with a distributed limit in Redis (rpm + tpm + parallel requests; rpm + tpm; rpm
-only), every limit high enough never to refuse, so every call is admitted (and settled when it
-has tokens or a parallel slot to give back).
+limit, and with a distributed limit in Redis (rpm + tpm + parallel requests, with blocks
+fetched ahead, the default, and with every call decided in Redis, `prefetch_ms: 0`; rpm + tpm;
+rpm only), every limit high enough never to refuse, so every call is admitted (and settled when
+it has tokens or a parallel slot to give back).
 
 Each configuration runs in its own interpreter against one fake upstream, at concurrency 64,
 after a warm-up; the table gives requests/s and the ratio to the run without a limit. The
@@ -37,6 +38,8 @@ CHILD = textwrap.dedent(
         llmux.set_rate_limit(full)
     elif mode == "redis":
         llmux.set_rate_limit({**full, **shared}, {"url": redis_url})
+    elif mode == "redis-each":
+        llmux.set_rate_limit({**full, **shared, "prefetch_ms": 0}, {"url": redis_url})
     elif mode == "redis-rpm-tpm":
         llmux.set_rate_limit({**tpm, **shared}, {"url": redis_url})
     elif mode == "redis-rpm-only":
@@ -58,6 +61,7 @@ CHILD = textwrap.dedent(
     asyncio.run(run(warm))
     stats = llmux.rate_limit_stats()
     before = stats["admitted"] if stats else 0
+    pref_before = stats.get("prefetched", 0) if stats else 0
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     rate, n = asyncio.run(run(dur))
     r1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -68,7 +72,13 @@ CHILD = textwrap.dedent(
         assert stats["redis_errors"] == 0 and stats["denied"] == 0, stats
     calls = stats.get("script_calls", 0) if stats else 0
     per_call = (stats["admitted"] - before) and stats["admitted"] / calls if calls else None
-    row = {"mode": mode, "rps": rate, "per_call": per_call, "cpu_us": cpu_us, "sleeps": sleeps}
+    blocks = None
+    if stats and stats["admitted"] > before:
+        blocks = (stats.get("prefetched", 0) - pref_before) / (stats["admitted"] - before)
+    row = {
+        "mode": mode, "rps": rate, "per_call": per_call, "cpu_us": cpu_us, "sleeps": sleeps,
+        "blocks": blocks,
+    }
     print(json.dumps({**row, "n": n}))
     """
 )
@@ -107,7 +117,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=2, help="alternate the modes this many times")
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--modes", default="off,local,redis,redis-rpm-tpm,redis-rpm-only")
+    p.add_argument("--modes", default="off,local,redis,redis-each,redis-rpm-tpm,redis-rpm-only")
     a = p.parse_args()
     from llmux.testing import FakeUpstream
 
@@ -156,15 +166,16 @@ def main() -> None:
     )
     print(
         "| configuration | req/s | vs no limit | client CPU µs/req | redis-server CPU µs/req "
-        "| admissions per Redis call | client thread sleeps / request |"
+        "| admissions per Redis call | admitted from blocks | client thread sleeps / request |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for mode in modes:
         r = rows[mode]
-        pc = r["per_call"]
+        pc, bl = r["per_call"], r.get("blocks")
         print(
             f"| {mode} | {best[mode]:,.0f} | {best[mode] / base:.3f}x | {r['cpu_us']:.0f} | "
-            f"{r['redis_us']:.1f} | {'' if pc is None else f'{pc:.1f}'} | {r['sleeps']:.2f} |"
+            f"{r['redis_us']:.1f} | {'' if pc is None else f'{pc:.1f}'} | "
+            f"{'' if bl is None else f'{bl:.1%}'} | {r['sleeps']:.2f} |"
         )
 
 

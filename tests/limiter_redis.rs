@@ -660,51 +660,55 @@ async fn blocks_admit_without_round_trips_and_keep_the_limit() {
 
 /// A block's tokens settle once, with what its admissions used: reserving 1000 and using 100,
 /// the bucket holds the tokens used (give or take what drained meanwhile and one window's
-/// start), not the reservations; and no block stays open.
+/// start), not the reservations; and no block stays open. On a scope with a parallel limit too
+/// the tokens ride on the settles of the block's slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_settles_the_tokens_its_admissions_used() {
     let server = RedisServer::start(&[]);
     let l = limiter(url(&server), FailPolicy::Closed).await;
-    // 1000 tokens a second, a burst of ten million: the bucket drains slowly.
-    let scope = ScopeLimits {
-        tpm: Some(Rate::per_minute(60_000).with_burst(10_000_000)),
-        ..ScopeLimits::new("block-tokens")
-    };
-    let started = Instant::now();
-    let passed = hammer(&l, &[scope], 1000, 100, 16, Duration::from_millis(600)).await;
-    // Every block's window ends, its admissions have settled: the blocks settle.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let s = l.stats();
-    let tat: f64 = raw_command(server.port, "GET llmux:rl:{block-tokens}:tpm")
-        .unwrap()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let time = raw_command(server.port, "TIME").unwrap();
-    let nums: Vec<f64> = time.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    let now_us = nums[0] * 1e6 + nums[1];
-    // One token a millisecond: the bucket holds (TAT - now) / 1000 tokens.
-    let held = (tat - now_us) / 1000.0;
-    let used = (passed * 100) as f64;
-    println!(
-        "block tokens: {passed} admitted ({} from {} blocks), {used} used, bucket {held:.0}",
-        s.prefetched, s.blocks
-    );
-    assert!(
-        s.prefetched > passed / 2,
-        "few admissions from blocks: {s:?}"
-    );
-    // Drained at most 1000 a second; a block started on an idle bucket uses up to 50 ms (50).
-    let drained = elapsed * 1000.0;
-    assert!(
-        held >= used - drained - 100.0 && held <= used + 100.0,
-        "bucket {held}, used {used}, drained up to {drained}"
-    );
-    assert_no_open_sets(&server, "block-tokens");
-    assert_eq!(s.settles_dropped, 0);
+    for (name, parallel) in [("block-tokens", None), ("block-slot-tokens", Some(1000))] {
+        // 1000 tokens a second, a burst of ten million: the bucket drains slowly.
+        let scope = ScopeLimits {
+            tpm: Some(Rate::per_minute(60_000).with_burst(10_000_000)),
+            max_parallel: parallel,
+            ..ScopeLimits::new(name)
+        };
+        let before = l.stats();
+        let started = Instant::now();
+        let passed = hammer(&l, &[scope], 1000, 100, 16, Duration::from_millis(600)).await;
+        // Every block's window ends, its admissions have settled: the blocks settle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let s = l.stats();
+        let tat: f64 = raw_command(server.port, &format!("GET llmux:rl:{{{name}}}:tpm"))
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let time = raw_command(server.port, "TIME").unwrap();
+        let nums: Vec<f64> = time.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let now_us = nums[0] * 1e6 + nums[1];
+        // One token a millisecond: the bucket holds (TAT - now) / 1000 tokens.
+        let held = (tat - now_us) / 1000.0;
+        let used = (passed * 100) as f64;
+        let prefetched = s.prefetched - before.prefetched;
+        println!(
+            "{name}: {passed} admitted ({prefetched} from {} blocks), {used} used, bucket \
+             {held:.0}",
+            s.blocks - before.blocks
+        );
+        assert!(prefetched > passed / 2, "few admissions from blocks: {s:?}");
+        // Drained at most 1000 a second; a block started on an idle bucket uses up to 50 ms.
+        let drained = elapsed * 1000.0;
+        assert!(
+            held >= used - drained - 100.0 && held <= used + 100.0,
+            "{name}: bucket {held}, used {used}, drained up to {drained}"
+        );
+        assert_no_open_sets(&server, name);
+        assert_eq!(s.settles_dropped, 0);
+    }
 }
 
 /// `prefetch: 0` decides every admission in Redis.

@@ -137,6 +137,21 @@ struct Scripts {
     heartbeat: Script,
 }
 
+/// The blocks one script call asks for, by scope index in the call. Those still here when it
+/// is dropped (the call failed, or its future was cancelled at the await) are lost asks.
+struct Asks<'l, 'a> {
+    limiter: &'l RedisLimiter,
+    asks: Vec<(usize, &'a ScopeLimits, Ask)>,
+}
+
+impl Drop for Asks<'_, '_> {
+    fn drop(&mut self) {
+        for (_, limits, ask) in self.asks.drain(..) {
+            self.limiter.ask_lost(limits, &ask);
+        }
+    }
+}
+
 /// Clears a flag when dropped (a future holding it may be cancelled at any await).
 struct ResetOnDrop<'a>(&'a AtomicBool);
 
@@ -536,7 +551,7 @@ impl RedisLimiter {
     }
 
     /// One script call: `settles` first, then `admits` (their scopes all in one slot, or a
-    /// standalone server). Each scope is sent once (three keys, eight numbers); requests name
+    /// standalone server). Each scope is sent once (three keys, nine numbers); requests name
     /// their scopes by index. A busy scope admitted here may ask for a block (see
     /// [`super::prefetch`]). Returns the scope settles applied and one decision per admission.
     async fn script(
@@ -557,11 +572,17 @@ impl RedisLimiter {
                 table.settle_scope(c);
             }
         }
-        let asks: Vec<Option<Ask>> = table
-            .scopes
-            .iter()
-            .map(|(_, _, limits)| limits.and_then(|l| self.prefetch.ask(l)))
-            .collect();
+        let mut asks = Asks {
+            limiter: self,
+            asks: table
+                .scopes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, _, limits))| {
+                    limits.and_then(|l| Some((i, l, self.prefetch.ask(l)?)))
+                })
+                .collect(),
+        };
         // Keys and arguments go straight into the command (no string per number).
         let p = &self.opts.prefix;
         let mut cmd = crate::redis::evalsha(&self.scripts.limits, table.scopes.len() * 3);
@@ -576,12 +597,12 @@ impl RedisLimiter {
             .arg(admits.len())
             .arg(self.opts.lease.as_millis().max(1).to_string())
             .arg(self.opts.prefetch.as_micros().to_string());
-        for ((_, d, _), ask) in table.scopes.iter().zip(&asks) {
+        for (i, (_, d, _)) in table.scopes.iter().enumerate() {
             for v in d {
                 cmd.arg(num(*v));
             }
-            match ask {
-                Some(a) => cmd.arg(a.requests).arg(a.tokens).arg(a.slots).arg(a.member),
+            match asks.asks.iter().find(|(j, _, _)| *j == i) {
+                Some((_, _, a)) => cmd.arg(a.requests).arg(a.tokens).arg(a.slots).arg(a.member),
                 None => cmd.arg(0).arg(0).arg(0).arg(0),
             };
         }
@@ -610,21 +631,31 @@ impl RedisLimiter {
             .eval_cmd::<Vec<u8>>(&self.scripts.limits, &cmd)
             .await
             .and_then(|packed| self.parse_limits_reply(&packed, admits, table.scopes.len()));
-        for (i, ((_, _, limits), ask)) in table.scopes.iter().zip(&asks).enumerate() {
-            let (Some(limits), Some(ask)) = (limits, ask) else {
-                continue;
-            };
-            match &reply {
-                Ok((_, _, grants)) => {
-                    let g = grants.get(i).copied().unwrap_or_default();
-                    if let Some((tally, until)) = self.prefetch.granted(limits, ask, sent, &g) {
-                        self.expire_block_at(limits.scope.clone(), tally, until);
-                    }
+        if let Ok((_, _, grants)) = &reply {
+            for (i, limits, ask) in std::mem::take(&mut asks.asks) {
+                let g = grants.get(i).copied().unwrap_or_default();
+                if let Some((tally, until)) = self.prefetch.granted(limits, &ask, sent, &g) {
+                    self.expire_block_at(limits.scope.clone(), tally, until);
                 }
-                Err(_) => self.prefetch.failed(limits),
             }
         }
+        // Otherwise (a failed call) `asks` answers its blocks as not granted when dropped.
         reply.map(|(settled, decisions, _)| (settled, decisions))
+    }
+
+    /// A block asked for and not known to be granted (its call failed, or was dropped): the
+    /// scope may ask again, and the parallel slots Redis may have granted all the same are
+    /// given back (a slot that is not there is a no-op). Its tokens, if granted, stay charged:
+    /// the strict side.
+    fn ask_lost(&self, limits: &ScopeLimits, ask: &Ask) {
+        self.prefetch.failed(limits);
+        for i in 0..ask.slots {
+            self.release(Release {
+                member: ask.member + i as i64,
+                charge: Charge::of(limits, 0),
+                used: 0,
+            });
+        }
     }
 
     /// The script's reply: the settles applied, one decision per admission, one block per
@@ -1232,9 +1263,10 @@ impl RateLimiter for RedisLimiter {
             match admitted.placement {
                 Placement::Nowhere => Ok(()),
                 Placement::Prefetched => {
+                    // What goes to Redis goes in the background, retried: the block's account
+                    // has moved on already, and must not wait on this future.
                     for r in Prefetch::settle(&admitted.blocks, used, undo) {
-                        let charges = [r.charge];
-                        self.settle_redis(r.member, &charges, r.used, false).await?;
+                        self.release(r);
                     }
                     Ok(())
                 }

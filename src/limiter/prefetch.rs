@@ -22,9 +22,10 @@
 //! decided in Redis, one by one. What blocks cost: the requests of a block that its window
 //! leaves unused stay charged (blocks are sized at 1.25x the demand of the last window), and a
 //! block started on an idle scope uses up to one window of the rate; both come out of the burst
-//! of a scope far from its limit. Tokens are exact: a block's tokens are settled like one
-//! request's, with the tokens its admissions really used, once its window has ended and its last
-//! admission has settled.
+//! of a scope far from its limit. Tokens are exact: a block's are settled in Redis with the
+//! tokens its admissions really used, each difference once (see [`Tally`]), the unused rest of
+//! the block when its window ends (on a scope with a parallel limit) or when its last admission
+//! has settled (without one).
 //!
 //! Parallel slots are exact too: each is a member of the scope's open sets, counted by every
 //! process, held by at most one request at a time. A slot freed within the window serves the
@@ -65,11 +66,17 @@ pub(crate) struct Ask {
 /// parallel slots (-1: no parallel limit).
 pub(crate) type Granted = [i64; 7];
 
-/// The account of one block: its tokens, settled in Redis once (when its window has ended and
-/// its last admission has settled), and its parallel slots.
+/// The account of one block: its tokens and its parallel slots.
+///
+/// A block with parallel slots has one open-set member per slot (from `member` up), each given
+/// back on its own: at the end of the window when free, else when its admission settles. Its
+/// tokens ride on those settles: the first one after the window carries what the block's
+/// admissions used so far minus the block, and each later one its admission's own difference.
+/// A block without slots has one member, settled once with all its tokens when its window has
+/// ended and its last admission has settled.
 #[derive(Debug)]
 pub struct Tally {
-    /// The block's first member (its slot 0; it settles the tokens).
+    /// The block's first member.
     member: i64,
     /// The scope's charge; its tokens are the block's.
     charge: Charge,
@@ -88,12 +95,14 @@ struct TallyState {
     /// The most slots in use at once.
     peak: u32,
     slots: u32,
+    /// Tokens owed to Redis after the window, with no free slot to carry them yet.
+    pending: i128,
     expired: bool,
     closed: bool,
 }
 
-/// A member of the open sets to settle in Redis: a block's first one (with the tokens its
-/// admissions used) or one of its parallel slots (nothing to charge).
+/// A member of the open sets to settle in Redis, with a token difference (used minus reserved)
+/// to apply if it is still open: a block's, or one of its parallel slots.
 #[derive(Debug)]
 pub(crate) struct Release {
     pub member: i64,
@@ -106,29 +115,25 @@ impl Tally {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Gives back slot `i` in Redis (slot 0 goes with the block's settle).
-    fn release_slot(&self, i: u32, out: &mut Vec<Release>) {
-        if i > 0 {
-            out.push(Release {
-                member: self.member + i64::from(i),
-                charge: self.charge.clone(),
-                used: self.charge.tokens,
-            });
-        }
-    }
-
-    /// The block's settle, once: when its window is over and its admissions have settled.
-    fn close_if_done(&self, st: &mut TallyState, out: &mut Vec<Release>) {
-        if !st.expired || st.open > 0 || st.closed {
-            return;
-        }
-        st.closed = true;
-        let used = (i128::from(self.charge.tokens) + st.delta).clamp(0, i128::from(u64::MAX - 1));
+    /// Settles member `member + i` in Redis with `delta` tokens.
+    fn release(&self, i: u32, delta: i128, out: &mut Vec<Release>) {
+        // As the script sees it: used minus the charge's tokens (the block's).
+        let used = (i128::from(self.charge.tokens) + delta).clamp(0, i128::from(u64::MAX - 1));
         out.push(Release {
-            member: self.member,
+            member: self.member + i64::from(i),
             charge: self.charge.clone(),
             used: used as u64,
         });
+    }
+
+    /// A block without slots settles once: when its window is over and its admissions have
+    /// settled.
+    fn close_if_done(&self, st: &mut TallyState, out: &mut Vec<Release>) {
+        if st.slots > 0 || !st.expired || st.open > 0 || st.closed {
+            return;
+        }
+        st.closed = true;
+        self.release(0, st.delta, out);
     }
 }
 
@@ -159,6 +164,8 @@ struct Credit {
 
 #[derive(Debug)]
 struct Block {
+    /// The limits it was granted for (a scope whose limits change asks again).
+    limits: (Option<super::Rate>, Option<super::Rate>, Option<u64>),
     until: Instant,
     /// Left to admit (`None`: the scope has no such limit).
     requests: Option<u64>,
@@ -168,12 +175,13 @@ struct Block {
 }
 
 impl Block {
-    /// Whether the block can admit one more request costing `cost` tokens now.
-    fn covers(&self, now: Instant, cost: u64, parallel: bool) -> bool {
+    /// Whether the block can admit one more request on `s` costing `cost` tokens now.
+    fn covers(&self, now: Instant, s: &ScopeLimits, cost: u64) -> bool {
         now < self.until
+            && self.limits == (s.rpm, s.tpm, s.max_parallel)
             && self.requests.is_none_or(|r| r >= 1)
             && self.tokens.is_none_or(|t| t >= cost)
-            && (!parallel
+            && (s.max_parallel.is_none()
                 || self
                     .tally
                     .as_ref()
@@ -255,11 +263,18 @@ impl Prefetch {
     /// Admits `demand` from the blocks this process holds, when every scope of it has one that
     /// covers it; `None` sends it to Redis. Either way its demand is counted.
     pub fn try_admit(&self, demand: &Demand) -> Option<(Vec<Charge>, RateInfo, Vec<BlockUse>)> {
-        if self.window.is_zero() {
+        let scopes: Vec<&ScopeLimits> = demand.scopes.iter().filter(|s| !s.is_empty()).collect();
+        // A scope named twice in one demand is left to Redis (one block cannot cover it twice).
+        let repeated = scopes
+            .iter()
+            .enumerate()
+            .any(|(i, s)| scopes[..i].iter().any(|o| o.scope == s.scope));
+        if self.window.is_zero() || scopes.is_empty() || repeated {
             return None;
         }
-        let now = Instant::now();
         let mut credits = self.lock();
+        // Read after the lock: a block is never used past its window.
+        let now = Instant::now();
         if credits.len() > MAX_SCOPES {
             let idle = self.window * 2;
             credits.retain(|_, c| {
@@ -269,7 +284,7 @@ impl Prefetch {
             });
         }
         let mut covered = true;
-        for s in demand.scopes.iter().filter(|s| !s.is_empty()) {
+        for s in &scopes {
             let cost = s.token_cost(demand.tokens);
             let c = match credits.get_mut(&s.scope) {
                 Some(c) => c,
@@ -280,10 +295,9 @@ impl Prefetch {
             c.roll(now, self.window);
             c.seen += 1;
             c.seen_tokens = c.seen_tokens.saturating_add(cost);
-            let parallel = s.max_parallel.is_some();
             covered &= match &c.block {
-                Some(b) if b.covers(now, cost, parallel) => true,
-                Some(b) if parallel && now < b.until => {
+                Some(b) if b.covers(now, s, cost) => true,
+                Some(b) if s.max_parallel.is_some() && now < b.until => {
                     // Out of slots while the block lasts: ask for more next time.
                     let slots = b.tally.as_ref().map_or(0, |t| u64::from(t.lock().slots));
                     c.slots = c.slots.max(slots.saturating_mul(2)).min(MAX_SLOTS);
@@ -295,14 +309,16 @@ impl Prefetch {
         if !covered {
             return None;
         }
-        let mut charges = Vec::with_capacity(demand.scopes.len());
+        // Every scope's block covers this demand, and nothing can take from a block in between:
+        // the scopes stay locked, a block ends only with them locked, settles only add slots.
+        let mut charges = Vec::with_capacity(scopes.len());
         let mut uses = Vec::new();
         let mut info = RateInfo::default();
-        for s in demand.scopes.iter().filter(|s| !s.is_empty()) {
+        for s in &scopes {
             let cost = s.token_cost(demand.tokens);
             let b = credits.get_mut(&s.scope)?.block.as_mut()?;
-            b.requests = b.requests.map(|r| r - 1);
-            b.tokens = b.tokens.map(|t| t - cost);
+            b.requests = b.requests.map(|r| r.saturating_sub(1));
+            b.tokens = b.tokens.map(|t| t.saturating_sub(cost));
             if let Some(t) = &b.tally {
                 let mut st = t.lock();
                 st.open += 1;
@@ -410,6 +426,7 @@ impl Prefetch {
             reset_tokens: (g[3] > 0).then(|| us(g[5])),
         };
         c.block = Some(Block {
+            limits: (s.rpm, s.tpm, s.max_parallel),
             until,
             requests: count(g[0]),
             tokens,
@@ -427,20 +444,25 @@ impl Prefetch {
     }
 
     /// The end of a block's window: no more admissions from it; its free slots go back, and
-    /// its settle when its admissions have all settled.
+    /// its settle when its admissions have all settled. Locks in the order admissions do (the
+    /// scopes, then the block): once the block is out of its scope, no admission can take from
+    /// it.
     pub fn expire(&self, scope: &str, tally: &Arc<Tally>) -> Vec<Release> {
         let mut out = Vec::new();
-        let peak = {
-            let mut st = tally.lock();
-            st.expired = true;
-            for i in std::mem::take(&mut st.free) {
-                tally.release_slot(i, &mut out);
-            }
-            tally.close_if_done(&mut st, &mut out);
-            (st.slots > 0).then_some(u64::from(st.peak))
-        };
         let mut credits = self.lock();
-        if let Some(c) = credits.get_mut(scope) {
+        let credit = credits.get_mut(scope);
+        let mut st = tally.lock();
+        st.expired = true;
+        if st.slots > 0 {
+            // The tokens so far ride on the first slot given back.
+            let mut delta = std::mem::take(&mut st.delta);
+            for i in std::mem::take(&mut st.free) {
+                tally.release(i, std::mem::take(&mut delta), &mut out);
+            }
+            st.pending = delta;
+        }
+        tally.close_if_done(&mut st, &mut out);
+        if let Some(c) = credit {
             let current = c
                 .block
                 .as_ref()
@@ -448,10 +470,11 @@ impl Prefetch {
                 .is_some_and(|t| Arc::ptr_eq(t, tally));
             if current {
                 c.block = None;
-            }
-            // The next block's slots: the most this one had in use, and a quarter more.
-            if let Some(peak) = peak {
-                c.slots = (peak + peak / 4 + 1).clamp(FIRST_SLOTS, MAX_SLOTS);
+                // The next block's slots: the most this one had in use, and a quarter more.
+                if st.slots > 0 {
+                    let peak = u64::from(st.peak);
+                    c.slots = (peak + peak / 4 + 1).clamp(FIRST_SLOTS, MAX_SLOTS);
+                }
             }
         }
         out
@@ -464,19 +487,23 @@ impl Prefetch {
         for u in uses {
             let mut st = u.tally.lock();
             st.open = st.open.saturating_sub(1);
-            st.delta += if undo {
+            let delta = if undo {
                 -i128::from(u.tokens)
             } else if used == KEEP_RESERVATION {
                 0
             } else {
                 i128::from(used) - i128::from(u.tokens)
             };
-            if let Some(i) = u.slot {
-                if st.expired {
-                    u.tally.release_slot(i, &mut out);
-                } else {
+            match u.slot {
+                Some(i) if st.expired => {
+                    let owed = std::mem::take(&mut st.pending);
+                    u.tally.release(i, owed + delta, &mut out);
+                }
+                Some(i) => {
+                    st.delta += delta;
                     st.free.push(i);
                 }
+                None => st.delta += delta,
             }
             u.tally.close_if_done(&mut st, &mut out);
         }

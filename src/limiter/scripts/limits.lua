@@ -2,7 +2,7 @@
 -- microseconds of Redis's clock (TIME); TATs are integers in strings.
 --
 -- Each scope of the call is described once: KEYS holds three per scope (requests TAT, tokens
--- TAT, and the base name of its open sets), and ARGV five per scope. A scope is "tracked" when
+-- TAT, and the base name of its open sets), and ARGV nine per scope. A scope is "tracked" when
 -- it has a token or a parallel limit: its admitted requests stay open until they settle (or
 -- their lease runs out), and with a parallel limit the number of open requests is the number in
 -- flight.
