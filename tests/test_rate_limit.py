@@ -164,6 +164,41 @@ def test_distributed_sdk_limit_is_shared_with_another_process(fake, redis, key):
     assert fake.stats(key)["requests"] == 6
 
 
+async def test_busy_calls_are_admitted_from_blocks_unless_prefetch_is_off(fake, redis, key):
+    """A busy scope far from its limits admits calls from blocks fetched ahead from Redis (no
+    round trip each); ``prefetch_ms: 0`` asks Redis for every call. Every call is admitted and
+    reaches the upstream either way."""
+    base = {
+        "requests_per_minute": 10**6,
+        "tokens_per_minute": 10**9,
+        "max_parallel_requests": 10**4,
+        "distributed": True,
+        "key_strategy": "user",
+        "redis": {"url": redis.url, "command_timeout": 2},
+    }
+
+    async def one():
+        await llmux.acompletion(
+            model="openai/gpt-4o-mini",
+            messages=MSGS,
+            api_base=fake.base_url,
+            extra_headers=hdr(key),
+            user=key,
+        )
+
+    for cfg, from_blocks in ((base, True), ({**base, "prefetch_ms": 0}, False)):
+        llmux.set_rate_limit(cfg)
+        for _ in range(10):
+            await asyncio.gather(*(one() for _ in range(64)))
+        s = llmux.rate_limit_stats()
+        assert s["admitted"] == 640 and s["denied"] == 0 and s["redis_errors"] == 0, s
+        if from_blocks:
+            assert s["blocks"] > 0 and s["prefetched"] > 0, s
+        else:
+            assert s["blocks"] == 0 and s["prefetched"] == 0, s
+    assert fake.stats(key)["requests"] == 1280
+
+
 def _try(f):
     try:
         f()

@@ -20,7 +20,8 @@
 //! parallel slots keep the open requests at most half the parallel limit), and only when it is
 //! worth it (16 requests, 4 slots), so near a limit, or on a small one, every admission is
 //! decided in Redis, one by one. What blocks cost: the requests of a block that its window
-//! leaves unused stay charged (blocks are sized at 1.25x the demand of the last window), and a
+//! leaves unused stay charged (a block is sized for the demand of the last window, over the
+//! part of its own window left after the round trip that fetched the last one), and a
 //! block started on an idle scope uses up to one window of the rate; both come out of the burst
 //! of a scope far from its limit. Tokens are exact: a block's are settled in Redis with the
 //! tokens its admissions really used, each difference once (see [`Tally`]), the unused rest of
@@ -157,6 +158,8 @@ struct Credit {
     last_tokens: u64,
     /// Parallel slots to ask for next.
     slots: u64,
+    /// How long the last block took to arrive: the part of a window it cannot be used.
+    rtt: Duration,
     /// A call asking for a block is in flight.
     asking: bool,
     block: Option<Block>,
@@ -211,6 +214,7 @@ impl Credit {
             last: 0,
             last_tokens: 0,
             slots: FIRST_SLOTS,
+            rtt: Duration::ZERO,
             asking: false,
             block: None,
         }
@@ -358,11 +362,28 @@ impl Prefetch {
         } else {
             (c.seen, c.seen_tokens)
         };
-        if c.asking || n < MIN_DEMAND {
+        // A block is used from its arrival to the end of its window: sized for that part of the
+        // window's demand (what it leaves unused stays charged), and not asked for when the
+        // round trip takes most of the window.
+        let usable = self.window.saturating_sub(c.rtt);
+        // A block that can still admit an average request is kept: the calls queued while it
+        // was on its way are no reason to replace it.
+        let per = tokens.div_ceil(n.max(1));
+        let live = c
+            .block
+            .as_ref()
+            .is_some_and(|b| b.covers(now, s, per.min(s.token_cost(per))));
+        if c.asking || n < MIN_DEMAND || live {
+            return None;
+        }
+        if usable < self.window / 4 {
+            // Ask again once slow round trips may have passed.
+            c.rtt /= 2;
             return None;
         }
         c.asking = true;
-        let requests = (n + n / 4 + 1).min(MAX_BLOCK);
+        let share = u128::from(n) * usable.as_micros() / self.window.as_micros().max(1);
+        let requests = (share as u64 + 1).min(MAX_BLOCK);
         let tokens = if s.tpm.is_some() {
             // The demand's tokens per admission, for as many admissions.
             let per = tokens.div_ceil(n).max(1);
@@ -393,6 +414,7 @@ impl Prefetch {
         let mut credits = self.lock();
         let c = credits.get_mut(&s.scope)?;
         c.asking = false;
+        c.rtt = sent.elapsed();
         if g[0] == 0 {
             return None;
         }
