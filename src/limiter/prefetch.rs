@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use super::{Charge, Demand, RateInfo, ScopeLimits, KEEP_RESERVATION};
 
-/// Admissions a scope must see in one window before it asks for blocks.
+/// Admissions a scope must have seen in the last whole window before it asks for blocks.
 const MIN_DEMAND: u64 = 16;
 /// The largest block asked for, in requests.
 const MAX_BLOCK: u64 = 1 << 20;
@@ -357,11 +357,9 @@ impl Prefetch {
         let mut credits = self.lock();
         let c = credits.get_mut(&s.scope)?;
         c.roll(now, self.window);
-        let (n, tokens) = if c.last >= c.seen {
-            (c.last, c.last_tokens)
-        } else {
-            (c.seen, c.seen_tokens)
-        };
+        // The demand of the last whole window: a burst within one window (all of it on its way
+        // to Redis already) asks for nothing, a block would go unused.
+        let (n, tokens) = (c.last, c.last_tokens);
         // A block is used from its arrival to the end of its window: sized for that part of the
         // window's demand (what it leaves unused stays charged), and not asked for when the
         // round trip takes most of the window.
