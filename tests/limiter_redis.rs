@@ -498,21 +498,10 @@ async fn redis_cluster_holds_the_limits_across_slots() {
     for n in &cluster.nodes {
         let keys = raw_command(n.port, "KEYS llmux:rl:{c-blocks}:open:*").unwrap();
         assert!(keys.starts_with("*0"), "open sets left: {keys}");
-        let tat = raw_command(n.port, "GET llmux:rl:{c-blocks}:tpm").unwrap();
-        if tat.starts_with('$') {
-            let time = raw_command(n.port, "TIME").unwrap();
-            let nums: Vec<f64> = time.lines().filter_map(|l| l.trim().parse().ok()).collect();
-            let tat: f64 = tat.lines().nth(1).unwrap().parse().unwrap();
-            held = Some((tat - (nums[0] * 1e6 + nums[1])) / 1000.0);
-        }
+        held = held.or(tokens_held(n.port, "c-blocks"));
     }
     let held = held.expect("the tokens TAT is on one node");
-    let used = (passed * 100) as f64;
-    let drained = started.elapsed().as_secs_f64() * 1000.0;
-    assert!(
-        held >= used - drained - 100.0 && held <= used + 100.0,
-        "bucket {held}, used {used}, drained up to {drained}"
-    );
+    assert_bucket_holds_what_was_used(held, passed, started);
     assert_eq!((s.redis_errors, s.settles_dropped), (0, 0), "{s:?}");
 }
 
@@ -717,37 +706,40 @@ async fn a_block_settles_the_tokens_its_admissions_used() {
         let passed = hammer(&l, &[scope], 1000, 100, 16, Duration::from_millis(600)).await;
         // Every block's window ends, its admissions have settled: the blocks settle.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let elapsed = started.elapsed().as_secs_f64();
         let s = l.stats();
-        let tat: f64 = raw_command(server.port, &format!("GET llmux:rl:{{{name}}}:tpm"))
-            .unwrap()
-            .lines()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let time = raw_command(server.port, "TIME").unwrap();
-        let nums: Vec<f64> = time.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        let now_us = nums[0] * 1e6 + nums[1];
-        // One token a millisecond: the bucket holds (TAT - now) / 1000 tokens.
-        let held = (tat - now_us) / 1000.0;
-        let used = (passed * 100) as f64;
+        let held = tokens_held(server.port, name).expect("the tokens TAT");
         let prefetched = s.prefetched - before.prefetched;
         println!(
-            "{name}: {passed} admitted ({prefetched} from {} blocks), {used} used, bucket \
-             {held:.0}",
+            "{name}: {passed} admitted ({prefetched} from {} blocks), bucket {held:.0}",
             s.blocks - before.blocks
         );
         assert!(prefetched > passed / 2, "few admissions from blocks: {s:?}");
-        // Drained at most 1000 a second; a block started on an idle bucket uses up to 50 ms.
-        let drained = elapsed * 1000.0;
-        assert!(
-            held >= used - drained - 100.0 && held <= used + 100.0,
-            "{name}: bucket {held}, used {used}, drained up to {drained}"
-        );
+        assert_bucket_holds_what_was_used(held, passed, started);
         assert_no_open_sets(&server, name);
         assert_eq!(s.settles_dropped, 0);
     }
+}
+
+/// The tokens a scope's bucket holds on the node at `port` (`None`: its TAT is not there), for
+/// a limit of one token a millisecond: (TAT - Redis's now) / 1000.
+fn tokens_held(port: u16, scope: &str) -> Option<f64> {
+    let tat = raw_command(port, &format!("GET llmux:rl:{{{scope}}}:tpm"))?;
+    let tat: f64 = tat.strip_prefix('$')?.lines().nth(1)?.parse().ok()?;
+    let time = raw_command(port, "TIME")?;
+    let nums: Vec<f64> = time.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    Some((tat - (nums[0] * 1e6 + nums[1])) / 1000.0)
+}
+
+/// Calls that each used 100 tokens (`passed` of them, since `started`) left the bucket holding
+/// what they used: less what drained at 1000 a second, give or take one block started on an
+/// idle bucket (50 ms: 50 tokens).
+fn assert_bucket_holds_what_was_used(held: f64, passed: u64, started: Instant) {
+    let used = (passed * 100) as f64;
+    let drained = started.elapsed().as_secs_f64() * 1000.0;
+    assert!(
+        held >= used - drained - 100.0 && held <= used + 100.0,
+        "bucket {held}, used {used}, drained up to {drained}"
+    );
 }
 
 /// `prefetch: 0` decides every admission in Redis.

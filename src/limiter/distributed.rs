@@ -461,7 +461,6 @@ impl RedisLimiter {
         me: std::sync::Weak<RedisLimiter>,
     ) -> Self {
         let label = format!("{:?}", config.target);
-        let instance = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         RedisLimiter {
             prefetch: Prefetch::new(opts.prefetch),
             jobs,
@@ -476,7 +475,7 @@ impl RedisLimiter {
             },
             local: LocalLimiter::new(),
             breaker: Breaker::new(),
-            instance,
+            instance: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
             live: AtomicU64::new(1),
             counters: Counters::default(),
             label,
@@ -709,23 +708,27 @@ impl RedisLimiter {
     }
 
     /// Settles a block's member in Redis (its tokens, or a parallel slot), in the background
-    /// and retried like any settle.
+    /// and retried like any settle: in the next batch, or on Cluster by its own call.
     fn release(&self, r: Release) {
-        if self.batched() {
-            let job = SettleJob {
-                member: r.member,
-                charges: vec![r.charge],
-                used: r.used,
-                undo: false,
-                reply: None,
-            };
-            if self.jobs.send(Job::Settle(job)).is_err() {
-                self.counters
-                    .settles_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            return;
+        let job = SettleJob {
+            member: r.member,
+            charges: vec![r.charge],
+            used: r.used,
+            undo: false,
+            reply: None,
+        };
+        if !self.batched() {
+            self.settle_in_background(job, Duration::ZERO);
+        } else if self.jobs.send(Job::Settle(job)).is_err() {
+            self.counters
+                .settles_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Runs a settle in a task of its own after `delay`, retried like any settle; without a
+    /// runtime to run it on, it is counted as dropped.
+    fn settle_in_background(&self, job: SettleJob, delay: Duration) {
         let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
             self.counters
                 .settles_dropped
@@ -733,9 +736,14 @@ impl RedisLimiter {
             return;
         };
         rt.spawn(async move {
-            let charges = [r.charge];
-            if let Err(e) = me.settle_redis(r.member, &charges, r.used, false).await {
-                tracing::warn!(error = %e, "rate limiter: block settle failed");
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if let Err(e) = me
+                .settle_redis(job.member, &job.charges, job.used, job.undo)
+                .await
+            {
+                tracing::warn!(error = %e, "rate limiter: settle failed");
             }
         });
     }
@@ -949,21 +957,7 @@ impl RedisLimiter {
     /// A detached settle whose batch failed: retried in the background like any settle.
     fn retry_settle(&self, job: SettleJob) {
         self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
-        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
-            self.counters
-                .settles_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        rt.spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Err(e) = me
-                .settle_redis(job.member, &job.charges, job.used, job.undo)
-                .await
-            {
-                tracing::warn!(error = %e, "rate limiter: settle failed");
-            }
-        });
+        self.settle_in_background(job, Duration::from_millis(100));
     }
 
     /// Decides without Redis, by the policy.

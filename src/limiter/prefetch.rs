@@ -267,13 +267,12 @@ impl Prefetch {
     /// Admits `demand` from the blocks this process holds, when every scope of it has one that
     /// covers it; `None` sends it to Redis. Either way its demand is counted.
     pub fn try_admit(&self, demand: &Demand) -> Option<(Vec<Charge>, RateInfo, Vec<BlockUse>)> {
-        let scopes: Vec<&ScopeLimits> = demand.scopes.iter().filter(|s| !s.is_empty()).collect();
+        let scopes = || demand.scopes.iter().filter(|s| !s.is_empty());
         // A scope named twice in one demand is left to Redis (one block cannot cover it twice).
-        let repeated = scopes
-            .iter()
+        let repeated = scopes()
             .enumerate()
-            .any(|(i, s)| scopes[..i].iter().any(|o| o.scope == s.scope));
-        if self.window.is_zero() || scopes.is_empty() || repeated {
+            .any(|(i, s)| scopes().take(i).any(|o| o.scope == s.scope));
+        if self.window.is_zero() || scopes().next().is_none() || repeated {
             return None;
         }
         let mut credits = self.lock();
@@ -288,7 +287,7 @@ impl Prefetch {
             });
         }
         let mut covered = true;
-        for s in &scopes {
+        for s in scopes() {
             let cost = s.token_cost(demand.tokens);
             let c = match credits.get_mut(&s.scope) {
                 Some(c) => c,
@@ -315,10 +314,10 @@ impl Prefetch {
         }
         // Every scope's block covers this demand, and nothing can take from a block in between:
         // the scopes stay locked, a block ends only with them locked, settles only add slots.
-        let mut charges = Vec::with_capacity(scopes.len());
+        let mut charges = Vec::with_capacity(demand.scopes.len());
         let mut uses = Vec::new();
         let mut info = RateInfo::default();
-        for s in &scopes {
+        for s in scopes() {
             let cost = s.token_cost(demand.tokens);
             let b = credits.get_mut(&s.scope)?.block.as_mut()?;
             b.requests = b.requests.map(|r| r.saturating_sub(1));
@@ -370,7 +369,7 @@ impl Prefetch {
         let live = c
             .block
             .as_ref()
-            .is_some_and(|b| b.covers(now, s, per.min(s.token_cost(per))));
+            .is_some_and(|b| b.covers(now, s, s.token_cost(per)));
         if c.asking || n < MIN_DEMAND || live {
             return None;
         }
@@ -384,8 +383,7 @@ impl Prefetch {
         let requests = (share as u64 + 1).min(MAX_BLOCK);
         let tokens = if s.tpm.is_some() {
             // The demand's tokens per admission, for as many admissions.
-            let per = tokens.div_ceil(n).max(1);
-            per.saturating_mul(requests)
+            per.max(1).saturating_mul(requests)
         } else {
             0
         };
